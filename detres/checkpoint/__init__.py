@@ -1,0 +1,17 @@
+"""Weights loading for every supported layout: detres, torchvision, timm, detectron2, official DETR.
+
+Converters register with ``register_converter``; ``load_checkpoint`` picks the first whose
+``detect`` accepts the file, maps its keys to detres names and loads them with a report.
+"""
+from __future__ import annotations
+
+from detres.checkpoint.loader import (
+    Converter,
+    LoadReport,
+    convert_state_dict,
+    load_backbone_weights,
+    load_checkpoint,
+    register_converter,
+)
+
+__all__ = ["Converter", "LoadReport", "load_checkpoint", "load_backbone_weights", "register_converter", "convert_state_dict"]

@@ -1,0 +1,79 @@
+"""Reading weight files safely: torch files with ``weights_only=True``, detectron2 ``.pkl`` files
+through an unpickler that admits numpy arrays and nothing else, and ``.safetensors``."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_ALLOWED_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler for detectron2's model-zoo ``.pkl``: numpy arrays, dicts and scalars only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_PICKLE_GLOBALS:
+            if module.startswith("numpy.core"):  # numpy 2 moved numpy.core to numpy._core
+                module = module.replace("numpy.core", "numpy._core")
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load '{module}.{name}' from a pickle: only numpy arrays are allowed in weight files"
+        )
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw object stored in a weights file (a dict), read without executing code."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    try:
+        if p.suffix == ".pkl":
+            with open(p, "rb") as f:
+                obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        elif p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(p))
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{p}: could not read weights ({type(e).__name__}: {e}). The file may be truncated or not a "
+            "checkpoint; re-download or re-export it."
+        ) from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{p}: expected a dict of weights, found {type(obj).__name__}")
+    return obj
+
+
+def to_tensor_dict(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """numpy arrays -> float32/int tensors; non-array entries dropped."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        if isinstance(v, torch.Tensor):
+            out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, Any]:
+    """The state dict inside a checkpoint: ``{"model": sd}``, ``{"state_dict": sd}``, ``{"ema": ...}`` or sd."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    return obj

@@ -1,0 +1,20 @@
+"""``detres list``: every registry and what is registered in it."""
+from __future__ import annotations
+
+import argparse
+
+from detres.registry import ALL_REGISTRIES, _ensure_builtin_registrations, import_modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print each registry's names, one registry per block."""
+    parser = argparse.ArgumentParser(prog="detres list", description=__doc__)
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+    args = parser.parse_args(argv)
+    _ensure_builtin_registrations()
+    import_modules(args.imports)
+    for reg in ALL_REGISTRIES:
+        print(f"{reg.name}:")
+        for name in reg.list():
+            print(f"  {name}")
+    return 0

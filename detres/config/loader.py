@@ -1,0 +1,167 @@
+"""``load_config``: YAML + ``_base_`` inheritance + dotlist overrides, validated before any work."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from detres.config import schema as schema_mod
+from detres.config.validate import ConfigError, accepted_keys, validate_node, validate_schema
+from detres.registry import close_matches, import_modules
+
+MAX_BASE_DEPTH = 2
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}. Check the path (relative to the working directory).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}.")
+    return data
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...]) -> DictConfig:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"_base_ cycle: {cycle}. Remove one of these _base_ entries.")
+    if len(chain) > MAX_BASE_DEPTH:
+        raise ConfigError(
+            f"{chain[0]}: _base_ chain deeper than {MAX_BASE_DEPTH} levels ({' -> '.join(map(str, chain))} -> {path}); "
+            "flatten it so that each config has at most two levels of parents."
+        )
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create()
+    for base in bases:
+        base_path = (path.parent / base)
+        if not base_path.is_file():
+            raise FileNotFoundError(f"{path}: _base_ entry '{base}' not found (looked at {base_path}).")
+        merged = OmegaConf.merge(merged, _load_tree(base_path, (*chain, path)))
+    _apply_deletes(merged, data)
+    return OmegaConf.merge(merged, OmegaConf.create(data))
+
+
+def _apply_deletes(base: DictConfig, child: dict[str, Any]) -> None:
+    # A child node that switches `_target_` replaces the parent's node instead of merging into it,
+    # so keys of the old class do not leak into the new one.
+    for key, value in child.items():
+        if not isinstance(value, dict) or key not in base or not isinstance(base[key], DictConfig):
+            continue
+        if "_target_" in value and base[key].get("_target_") not in (None, value["_target_"]):
+            base[key] = OmegaConf.create({})
+        else:
+            _apply_deletes(base[key], value)
+
+
+def _parse_override(item: str) -> tuple[str, Any, bool]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value (e.g. model.backbone.depth=101).")
+    key, raw = item.split("=", 1)
+    force = key.startswith("+")
+    key = key.lstrip("+").strip()
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key, value, force
+
+
+def _check_override_key(cfg: DictConfig, key: str) -> None:
+    parts = key.split(".")
+    node: Any = cfg
+    path: list[str] = []
+    for i, part in enumerate(parts):
+        is_last = i == len(parts) - 1
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+            path.append(part)
+            continue
+        valid: list[str] = list(node.keys()) if isinstance(node, DictConfig) else []
+        if isinstance(node, DictConfig) and "_target_" in node:
+            try:
+                valid = sorted(set(valid) | set(accepted_keys(node["_target_"])))
+            except KeyError:
+                pass
+        elif not path and True:
+            valid = sorted(set(valid) | set(schema_mod.TOP_LEVEL))
+        elif len(path) == 1 and schema_mod.TOP_LEVEL.get(path[0]) is not None:
+            import dataclasses
+
+            valid = sorted(set(valid) | {f.name for f in dataclasses.fields(schema_mod.TOP_LEVEL[path[0]])})
+        if is_last and part in valid:
+            return
+        where = ".".join(path) or "<top level>"
+        hint = close_matches(part, valid)
+        raise ConfigError(
+            f"override '{key}': no key '{part}' under {where}"
+            + (f"; did you mean {'.'.join([*path, hint[0]])}?" if hint else "")
+            + (f" Valid keys there: {', '.join(valid)}." if valid else "")
+            + " Prefix with '+' to add a new key on purpose."
+        )
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Merge ``key=value`` dotlist overrides, rejecting unknown keys with the nearest valid names."""
+    for item in overrides:
+        key, value, force = _parse_override(item)
+        if not force:
+            _check_override_key(cfg, key)
+        OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+    return cfg
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Resolve interpolations and check every section; raises ConfigError naming the key."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config interpolation failed at '{e.full_key}': {e.msg}") from None
+    assert isinstance(data, Mapping)
+    for key, value in data.items():
+        if key not in schema_mod.TOP_LEVEL:
+            hint = close_matches(str(key), schema_mod.TOP_LEVEL)
+            raise ConfigError(
+                f"{key}: unknown top-level key" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+                + f" Valid: {', '.join(schema_mod.TOP_LEVEL)}."
+            )
+        sch = schema_mod.TOP_LEVEL[key]
+        if sch is not None and isinstance(value, Mapping):
+            validate_schema(value, sch, key)
+        else:
+            validate_node(value, key)
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> DictConfig:
+    """Load a YAML config with its ``_base_`` parents, apply overrides, import ``custom_imports``
+    and validate everything. Returns an OmegaConf DictConfig (interpolations kept)."""
+    cfg = _load_tree(Path(path), ())
+    for section, sch in schema_mod.TOP_LEVEL.items():
+        if sch is not None and section in cfg:
+            defaults = OmegaConf.structured(sch)
+            cfg[section] = OmegaConf.merge(OmegaConf.to_container(defaults), cfg[section])
+        elif sch is not None:
+            cfg[section] = OmegaConf.to_container(OmegaConf.structured(sch))
+    imports = list(cfg.get("custom_imports", None) or [])
+    if imports:
+        import_modules(imports)
+    apply_overrides(cfg, overrides or [])
+    extra = [m for m in (cfg.get("custom_imports", None) or []) if m not in imports]
+    if extra:
+        import_modules(extra)
+    validate_config(cfg)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the fully resolved config as YAML."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,1 @@
+"""detres.engine."""

@@ -1,0 +1,170 @@
+"""Detector base class: input handling shared by every detector (DESIGN.md, 'Public API').
+
+``preprocess`` turns RGB 0..255 images into a normalized, padded ``ImageBatch`` (resizing at test
+time only; training-time resizing belongs to the data transforms). In eval mode ``forward`` can group
+images by their own padded size (``pad_policy_test: per_image``) so that an image's detections never
+depend on what else is in its batch.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detres.structures import ImageBatch
+from detres.structures.boxes import scale_boxes
+
+PAD_POLICIES = ("per_image", "batch_max")
+
+
+@dataclass
+class InputConfig:
+    """The model config's ``input:`` block.
+
+    format: channel order the weights expect (``RGB``, or ``BGR`` for caffe-style detectron2 weights).
+    pixel_mean / pixel_std: in 0..255 units, in ``format`` order.
+    min_size_test / max_size_test: test-time resize of the shorter / longer side (0 = no resize).
+    size_divisibility: pad H and W up to a multiple of this.
+    pad_policy_test: ``per_image`` (batch-invariant, the default) or ``batch_max`` (the references').
+    """
+
+    format: str = "RGB"
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    size_divisibility: int = 32
+    pad_policy_test: str = "per_image"
+
+    def __post_init__(self) -> None:
+        if self.format not in ("RGB", "BGR"):
+            raise ValueError(f"model.input.format must be RGB or BGR, got {self.format!r}")
+        if self.pad_policy_test not in PAD_POLICIES:
+            raise ValueError(f"model.input.pad_policy_test must be one of {PAD_POLICIES}, got {self.pad_policy_test!r}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError("model.input.pixel_mean and pixel_std need 3 values each")
+
+
+def test_resize_scale(h: int, w: int, min_size: int, max_size: int) -> float:
+    """Scale that brings the shorter side to ``min_size`` without the longer passing ``max_size``."""
+    if min_size <= 0:
+        return 1.0
+    scale = min_size / min(h, w)
+    if max_size > 0:
+        scale = min(scale, max_size / max(h, w))
+    return scale
+
+
+class Detector(nn.Module):
+    """Base of every detector. Subclasses implement ``forward_raw``, ``losses`` and ``postprocess``."""
+
+    def __init__(self, input: InputConfig | None = None) -> None:
+        super().__init__()
+        self.input = input or InputConfig()
+        self.register_buffer("pixel_mean", torch.tensor(self.input.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.input.pixel_std).view(3, 1, 1), persistent=False)
+        self.pad_policy_test = self.input.pad_policy_test
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ----------------------------------------------------------------------------- input
+    def normalize(self, image: Tensor) -> Tensor:
+        """[3, H, W] RGB 0..255 (uint8 or float) -> normalized float in the weights' channel order."""
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected an image of shape [3, H, W], got {tuple(image.shape)}")
+        x = image.to(device=self.device, dtype=torch.float32)
+        if self.input.format == "BGR":
+            x = x.flip(0)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def resize_for_test(self, x: Tensor) -> Tensor:
+        """Bilinear test-time resize of a normalized [3, H, W] image (torchvision's recipe)."""
+        h, w = x.shape[-2:]
+        scale = test_resize_scale(h, w, self.input.min_size_test, self.input.max_size_test)
+        if scale == 1.0:
+            return x
+        return F.interpolate(
+            x[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+        )[0]
+
+    def preprocess(self, images: list[Tensor], resize: bool | None = None) -> ImageBatch:
+        """Normalize, (test-)resize and pad images into one ``ImageBatch``.
+
+        images: list of [3, H_i, W_i] RGB 0..255. ``resize`` defaults to ``not self.training``.
+        """
+        if resize is None:
+            resize = not self.training
+        tensors = [self.normalize(im) for im in images]
+        if resize:
+            tensors = [self.resize_for_test(t) for t in tensors]
+        return ImageBatch.from_tensors(tensors, self.input.size_divisibility)
+
+    def padded_size(self, image: Tensor) -> tuple[int, int]:
+        """The (H, W) an image is padded to under the ``per_image`` policy (depends on it alone)."""
+        h, w = image.shape[-2:]
+        s = test_resize_scale(h, w, self.input.min_size_test, self.input.max_size_test)
+        if s != 1.0:  # F.interpolate with recompute_scale_factor floors the scaled size
+            h, w = int(math.floor(h * s)), int(math.floor(w * s))
+        d = max(1, self.input.size_divisibility)
+        return (h + d - 1) // d * d, (w + d - 1) // d * d
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        """Training (targets given): dict of named losses. Eval: list of per-image
+        {"boxes" [N,4] xyxy in the input image's pixels, "scores" [N], "labels" [N] 0..K-1}."""
+        if self.training:
+            if targets is None:
+                raise ValueError("training mode needs targets; call model.eval() for inference")
+            batch = self.preprocess(images, resize=False)
+            targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+            return self.losses(batch, targets)
+        return self.inference(images)
+
+    def inference(self, images: list[Tensor], pad_policy: str | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image; ``per_image`` padding runs same-padded-size groups together."""
+        policy = pad_policy or self.pad_policy_test
+        if policy == "batch_max" or len(images) == 1:
+            groups = [list(range(len(images)))]
+        else:
+            by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for i, im in enumerate(images):
+                by_size[self.padded_size(im)].append(i)
+            groups = list(by_size.values())
+        results: list[dict[str, Tensor] | None] = [None] * len(images)
+        for idx in groups:
+            group = [images[i] for i in idx]
+            batch = self.preprocess(group, resize=True)
+            raw = self.forward_raw(batch)
+            orig_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in group]
+            for i, r in zip(idx, self.postprocess(raw, batch, orig_sizes)):
+                results[i] = r
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
+        """Map [N, 4] xyxy boxes from a resized image of ``from_size`` back to ``to_size`` (h, w)."""
+        if from_size == to_size:
+            return boxes
+        return scale_boxes(boxes, to_size[1] / from_size[1], to_size[0] / from_size[0])
+
+    # ----------------------------------------------------------------------------- to implement
+    def forward_raw(self, batch: ImageBatch) -> dict[str, Any]:
+        """The head's raw outputs for a batch (eval and training)."""
+        raise NotImplementedError
+
+    def losses(self, batch: ImageBatch, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Named training losses."""
+        raise NotImplementedError
+
+    def postprocess(
+        self, raw: dict[str, Any], batch: ImageBatch, orig_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Per-image detections in ``orig_sizes`` pixels."""
+        raise NotImplementedError

@@ -1,0 +1,2 @@
+"""Detection heads: built with ``input_shape=neck.output_shape()``."""
+from __future__ import annotations
