@@ -1,0 +1,36 @@
+"""``detres benchmark {model,train,data,eval} ... [--json]``: speed and memory, side by side with references."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+#: mode -> module with ``add_args(parser)`` and ``run(args) -> dict``.
+MODES = {
+    "model": "detres.benchmark.model",
+    "train": "detres.benchmark.train",
+    "data": "detres.benchmark.data",
+    "eval": "detres.benchmark.eval",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one benchmark mode; ``--json`` prints its result as one JSON object."""
+    parser = argparse.ArgumentParser(prog="detres benchmark", description=__doc__)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    modules = {}
+    for mode, modname in MODES.items():
+        try:
+            modules[mode] = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
+            continue
+        p = sub.add_parser(mode, help=(modules[mode].__doc__ or "").strip().splitlines()[0])
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        modules[mode].add_args(p)
+    args = parser.parse_args(argv)
+    result = modules[args.mode].run(args)
+    if args.json:
+        print(json.dumps(result, default=float))
+    return 0
