@@ -157,8 +157,23 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None)
     extra = [m for m in (cfg.get("custom_imports", None) or []) if m not in imports]
     if extra:
         import_modules(extra)
+    resolve_auto_num_classes(cfg)
     validate_config(cfg)
     return cfg
+
+
+def resolve_auto_num_classes(cfg: DictConfig) -> None:
+    """``num_classes: auto`` takes the class count (and names) from the dataset's annotation file."""
+    if cfg.get("num_classes", None) != "auto":
+        return
+    if not cfg.get("data", None) or not (cfg.data.get("train", None) or cfg.data.get("val", None)):
+        raise ConfigError("num_classes: auto needs data.train or data.val to read the categories from.")
+    from detres.data import infer_num_classes
+
+    num, names = infer_num_classes(cfg.data)
+    cfg.num_classes = num
+    if not cfg.get("class_names", None):
+        cfg.class_names = list(names)
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
