@@ -11,16 +11,32 @@ from typing import Any
 
 @dataclass
 class TrainConfig:
-    """``train:`` keys: the trainer's schedule, batching, precision and output."""
+    """``train:`` keys: the trainer's schedule, batching, precision and output (see detres/engine/trainer.py).
+
+    batch_size: images per optimizer step, in total over all processes and accumulation steps.
+    max_iter / epochs: optimizer steps (``epochs`` wins when set: ceil(epochs * len(dataset) / batch_size)).
+    amp: None, ``fp16`` (autocast + GradScaler) or ``bf16`` (autocast).
+    clip_grad / clip_grad_type: clip the gradient ``norm`` (total L2) or ``value`` to this; None = off.
+    accumulate: split each step's batch into this many forward/backward passes.
+    ema / ema_decay / ema_warmup: exponential moving average of the weights (decay ramps up over
+      ``ema_warmup`` steps); evaluation and ``model_final.pth``'s ``ema`` entry use it.
+    backbone_lr_mult: LR multiplier of parameters under ``backbone.``.
+    weight_decay_norm / weight_decay_bias: weight decay of norm layers / biases (None = the optimizer's).
+    param_overrides: {param-name prefix: {lr_mult, weight_decay}}; the longest matching prefix wins.
+    keep_last: periodic checkpoints kept; best_metric / best_mode: eval stat kept as ``model_best.pth``.
+    train_loader: dotted path of a function with ``detres.data.build_train_loader``'s signature
+      (None = that one), for custom data pipelines.
+    """
 
     output_dir: str = "output"
     max_iter: int = 1000
-    epochs: int | None = None
+    epochs: float | None = None
     batch_size: int = 2
     eval_period: int = 0
     checkpoint_period: int = 0
     keep_last: int = 3
     best_metric: str | None = "AP"
+    best_mode: str = "max"  # max | min
     seed: int = 42
     deterministic: bool = False
     log_period: int = 20
@@ -31,14 +47,17 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.9998
     ema_warmup: int = 2000
-    warmup_iters: int = 0
-    warmup_factor: float = 0.001
     backbone_lr_mult: float = 1.0
-    weight_decay_norm: float = 0.0
+    weight_decay_norm: float | None = 0.0
     weight_decay_bias: float | None = None
+    param_overrides: dict[str, Any] = field(default_factory=dict)
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
     device: str = "auto"
     tensorboard: bool = True
+    progress_bar: bool | None = None  # None: only when stderr is a terminal
     init_weights: str | None = None
+    train_loader: str | None = None
 
 
 @dataclass
