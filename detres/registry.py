@@ -53,7 +53,7 @@ class Registry:
             hint = close_matches(name, self._obj)
             raise KeyError(
                 f"'{name}' is not in the {self.name} registry"
-                + (f"; did you mean {', '.join(hint)}?" if hint else "")
+                + (f"; did you mean {', '.join(hint)}?" if hint else ".")
                 + f" Registered: {', '.join(sorted(self._obj)) or '(none)'}. If it lives in your own "
                 "module, add it to `custom_imports` in the config or pass `--import your.module`."
             )

@@ -103,7 +103,7 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
         hint = close_matches(part, valid)
         raise ConfigError(
             f"override '{key}': no key '{part}' under {where}"
-            + (f"; did you mean {'.'.join([*path, hint[0]])}?" if hint else "")
+            + (f"; did you mean {'.'.join([*path, hint[0]])}?" if hint else ".")
             + (f" Valid keys there: {', '.join(valid)}." if valid else "")
             + " Prefix with '+' to add a new key on purpose."
         )
@@ -130,7 +130,7 @@ def validate_config(cfg: DictConfig) -> None:
         if key not in schema_mod.TOP_LEVEL:
             hint = close_matches(str(key), schema_mod.TOP_LEVEL)
             raise ConfigError(
-                f"{key}: unknown top-level key" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+                f"{key}: unknown top-level key" + (f"; did you mean {', '.join(hint)}?" if hint else ".")
                 + f" Valid: {', '.join(schema_mod.TOP_LEVEL)}."
             )
         sch = schema_mod.TOP_LEVEL[key]

@@ -118,7 +118,7 @@ def validate_node(node: Any, path: str) -> None:
             hint = close_matches(key, [p for p in params if p not in INJECTED_ARGS])
             raise ConfigError(
                 f"{child}: '{name}' has no argument '{key}'"
-                + (f"; did you mean {', '.join(hint)}?" if hint else "")
+                + (f"; did you mean {', '.join(hint)}?" if hint else ".")
                 + f" Valid keys: {', '.join(p for p in params if p not in INJECTED_ARGS)}."
             )
         if isinstance(value, Mapping) and "_target_" in value or isinstance(value, list):
@@ -154,7 +154,7 @@ def validate_schema(section: Mapping, schema: Any, path: str) -> None:
             hint = close_matches(key, fields)
             raise ConfigError(
                 f"{child}: unknown key"
-                + (f"; did you mean {', '.join(hint)}?" if hint else "")
+                + (f"; did you mean {', '.join(hint)}?" if hint else ".")
                 + f" Valid keys under {path}: {', '.join(fields)}."
             )
         tp = hints.get(key)

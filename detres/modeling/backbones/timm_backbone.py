@@ -35,11 +35,12 @@ class TimmBackbone(nn.Module):
         super().__init__()
         import timm
 
-        if name not in timm.list_models() and not timm.is_model(name):
+        if not timm.is_model(name):  # O(1) lookup; list_models() only to suggest names
             from detres.registry import close_matches
 
             hint = close_matches(name, timm.list_models())
-            raise ValueError(f"timm has no model '{name}'" + (f"; did you mean {', '.join(hint)}?" if hint else ""))
+            raise ValueError(f"timm has no model '{name}'" + (f"; did you mean {', '.join(hint)}?" if hint else ".")
+                             + " See timm.list_models() for every name.")
         probe = timm.create_model(name, pretrained=False, features_only=True, **(model_kwargs or {}))
         n_levels = len(probe.feature_info)
         indices = tuple(out_indices) if out_indices is not None else tuple(range(max(0, n_levels - 4), n_levels))
