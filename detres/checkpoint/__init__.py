@@ -13,5 +13,6 @@ from detres.checkpoint.loader import (
     load_checkpoint,
     register_converter,
 )
+from detres.checkpoint import detr  # noqa: F401  (registers the "detr" converter)
 
 __all__ = ["Converter", "LoadReport", "load_checkpoint", "load_backbone_weights", "register_converter", "convert_state_dict"]

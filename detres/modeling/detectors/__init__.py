@@ -2,5 +2,7 @@
 from __future__ import annotations
 
 from detres.modeling.detectors.base import Detector, InputConfig
+from detres.modeling.detectors.faster_rcnn import FasterRCNN  # noqa: F401
+from detres.modeling.detectors.detr import DETR  # noqa: F401
 
 __all__ = ["Detector", "InputConfig"]

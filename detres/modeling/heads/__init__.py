@@ -1,2 +1,6 @@
 """Detection heads: built with ``input_shape=neck.output_shape()``."""
 from __future__ import annotations
+
+from detres.modeling.heads.detr import DETRHead  # noqa: F401
+
+from detres.modeling.heads import roi_heads, rpn  # noqa: F401

@@ -1,0 +1,125 @@
+"""DETR's set-prediction loss (Carion et al. 2020, Sec. 3.1, Eq. 2 and Appendix A.2).
+
+After Hungarian matching: cross-entropy over K+1 classes with the no-object class down-weighted by
+``eos_coef``, L1 and GIoU on the matched normalized cxcywh boxes (summed, divided by the number of
+target boxes averaged over processes), and the cardinality error as a logged metric. With auxiliary
+outputs the same terms are computed for every decoder layer, suffixed ``_0``, ``_1``, ...
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import generalized_box_iou
+
+from detres.engine.distributed import all_reduce_mean
+from detres.modeling.heads.detr.matcher import HungarianMatcher
+from detres.structures.boxes import cxcywh_to_xyxy
+
+
+def _src_index(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+    return batch, torch.cat([src for src, _ in indices])
+
+
+class SetCriterion(nn.Module):
+    """Matching + losses. ``forward`` returns the UNweighted terms; ``weight_dict`` holds the weights.
+
+    Args:
+        num_classes: K; logits have K+1 columns, the last one is no-object.
+        matcher: the Hungarian matcher.
+        eos_coef: relative weight of the no-object class in the cross-entropy.
+        ce_loss_coef / bbox_loss_coef / giou_loss_coef: weights of ``loss_ce``, ``loss_bbox``, ``loss_giou``
+            (and of their ``_i`` auxiliary copies).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        eos_coef: float = 0.1,
+        ce_loss_coef: float = 1.0,
+        bbox_loss_coef: float = 5.0,
+        giou_loss_coef: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.eos_coef = eos_coef
+        self.weights = {"loss_ce": ce_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        # Not persistent: official checkpoints have no such key and it follows from eos_coef.
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    def weight_of(self, name: str) -> float:
+        """Weight of a loss term, auxiliary suffix included (``loss_giou_3`` -> giou weight); 0 for metrics."""
+        base = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
+        return self.weights.get(base, 0.0)
+
+    def loss_labels(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
+                    indices: list[tuple[Tensor, Tensor]], log: bool) -> dict[str, Tensor]:
+        """Weighted cross-entropy over [B, Q, K+1]; ``class_error`` (top-1 error %, matched queries) if ``log``."""
+        logits = outputs["pred_logits"]
+        idx = _src_index(indices)
+        matched = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[idx] = matched
+        out = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.dtype))}
+        if log:
+            if matched.numel() == 0:
+                out["class_error"] = logits.new_zeros(())
+            else:
+                correct = (logits[idx].argmax(-1) == matched).float().mean()
+                out["class_error"] = (100.0 - 100.0 * correct).detach()
+        return out
+
+    @torch.no_grad()
+    def loss_cardinality(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """L1 error between the number of non-no-object predictions and of targets (a metric, no gradient)."""
+        logits = outputs["pred_logits"]
+        n_tgt = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device, dtype=torch.float32)
+        n_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()
+        return {"cardinality_error": F.l1_loss(n_pred, n_tgt)}
+
+    def loss_boxes(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
+                   indices: list[tuple[Tensor, Tensor]], num_boxes: float) -> dict[str, Tensor]:
+        """L1 and 1 - GIoU of matched [M, 4] normalized cxcywh boxes, summed and divided by ``num_boxes``."""
+        idx = _src_index(indices)
+        src = outputs["pred_boxes"][idx]
+        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src)
+        loss_bbox = F.l1_loss(src, tgt, reduction="none").sum() / num_boxes
+        giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt)))
+        return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+
+    def _layer_losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
+                      num_boxes: float, log: bool) -> dict[str, Tensor]:
+        indices = self.matcher(outputs, targets)
+        out = self.loss_labels(outputs, targets, indices, log)
+        out.update(self.loss_cardinality(outputs, targets))
+        out.update(self.loss_boxes(outputs, targets, indices, num_boxes))
+        return out
+
+    def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """outputs: "pred_logits" [B, Q, K+1], "pred_boxes" [B, Q, 4] normalized cxcywh, optional
+        "aux_outputs" (list of such dicts). targets: per image "labels" [N] 0..K-1, "boxes" [N, 4]
+        normalized cxcywh.
+
+        Returns loss_ce, loss_bbox, loss_giou, class_error, cardinality_error and per aux layer i
+        loss_ce_i, loss_bbox_i, loss_giou_i, cardinality_error_i (all unweighted).
+        """
+        device = outputs["pred_logits"].device
+        n = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        # Average over processes so every rank divides by the same count (the reference's recipe).
+        num_boxes = torch.clamp(all_reduce_mean(n), min=1).item()
+        losses = self._layer_losses(outputs, targets, num_boxes, log=True)
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            layer = self._layer_losses(aux, targets, num_boxes, log=False)
+            losses.update({f"{k}_{i}": v for k, v in layer.items()})
+        return losses
+
+    def weighted(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The weighted loss terms only (metrics dropped): what the trainer sums."""
+        return {k: v * self.weight_of(k) for k, v in losses.items() if self.weight_of(k) != 0}
