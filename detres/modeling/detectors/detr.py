@@ -80,7 +80,8 @@ class DETR(Detector):
         return out
 
     def losses(self, batch: ImageBatch, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Weighted loss terms (loss_ce, loss_bbox, loss_giou and their per-layer ``_i`` copies).
+        """Weighted loss terms (loss_ce, loss_bbox, loss_giou and their per-layer ``_i`` copies), plus
+        the last layer's ``class_error`` and ``cardinality_error`` metrics (logged, not summed).
 
         targets: per image "boxes" [N, 4] absolute xyxy in that image's pixels, "labels" [N] 0..K-1.
         """

@@ -121,5 +121,8 @@ class SetCriterion(nn.Module):
         return losses
 
     def weighted(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The weighted loss terms only (metrics dropped): what the trainer sums."""
-        return {k: v * self.weight_of(k) for k, v in losses.items() if self.weight_of(k) != 0}
+        """The weighted ``loss_*`` terms (what the trainer sums) plus the last layer's detached
+        ``class_error`` and ``cardinality_error`` metrics for logging."""
+        out = {k: v * self.weight_of(k) for k, v in losses.items() if self.weight_of(k) != 0}
+        out.update({k: losses[k].detach() for k in ("class_error", "cardinality_error") if k in losses})
+        return out
