@@ -1,0 +1,51 @@
+"""The trainer's default evaluation: COCO metrics of a model on ``data.val`` through
+``detres.evaluation`` (each rank runs its shard; the evaluator gathers)."""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from detres.engine import distributed as du
+
+logger = logging.getLogger("detres.train")
+
+__all__ = ["run_evaluation"]
+
+
+def _build_evaluator(cls: Any, cfg: DictConfig, dataset: Any, output_dir: str | None) -> Any:
+    params = inspect.signature(cls).parameters
+    eval_cfg = dict(cfg.get("eval", None) or {})
+    kwargs: dict[str, Any] = {}
+    for name in params:
+        if name in ("dataset", "test_dataset"):
+            kwargs[name] = dataset
+        elif name in ("meta", "dataset_meta"):
+            kwargs[name] = getattr(dataset, "meta", None)
+        elif name == "output_dir":
+            kwargs[name] = output_dir
+        elif name in eval_cfg:
+            kwargs[name] = eval_cfg[name]
+    return cls(**kwargs)
+
+
+def run_evaluation(cfg: DictConfig, model: nn.Module, output_dir: str | None = None) -> dict[str, Any]:
+    """COCO stats of ``model`` on ``cfg.data.val`` (``{}`` with a warning when there is no validation
+    set or ``detres.evaluation`` lacks its evaluator)."""
+    if not cfg.get("data", None) or not cfg.data.get("val", None):
+        logger.warning("no data.val in the config: evaluation skipped")
+        return {}
+    try:
+        from detres.evaluation import COCOEvaluator, inference_on_dataset
+    except ImportError as e:
+        logger.warning("evaluation skipped: detres.evaluation has no COCOEvaluator/inference_on_dataset (%s)", e)
+        return {}
+    from detres.data import build_test_loader
+
+    loader = build_test_loader(cfg, rank=du.get_rank(), world_size=du.get_world_size())
+    evaluator = _build_evaluator(COCOEvaluator, cfg, loader.dataset, output_dir)
+    results = inference_on_dataset(model, loader, evaluator)
+    return dict(results or {})
