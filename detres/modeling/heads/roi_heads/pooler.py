@@ -1,0 +1,80 @@
+"""Multi-scale RoIAlign: each box is pooled from one pyramid level (Lin et al. 2017, Eq. 1)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+LEVEL_ASSIGNMENTS = ("detectron2", "torchvision")
+
+
+def assign_levels(
+    boxes: Tensor, min_level: int, max_level: int, canonical_box_size: float, canonical_level: int, style: str
+) -> Tensor:
+    """[N] level index (0 = ``min_level``) of [N, 4] xyxy boxes: k = floor(k0 + log2(sqrt(wh) / 224)).
+
+    ``detectron2`` adds 1e-8 inside the log, ``torchvision`` 1e-6 after it (so a 224-px box maps to
+    level k0 in both).
+    """
+    size = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    if style == "detectron2":
+        lv = torch.floor(canonical_level + torch.log2(size / canonical_box_size + 1e-8))
+    else:
+        lv = torch.floor(canonical_level + torch.log2(size / canonical_box_size) + torch.tensor(1e-6, dtype=size.dtype))
+    return (lv.clamp(min=min_level, max=max_level) - min_level).to(torch.int64)
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """Pools [sum N_i, C, R, R] features for per-image xyxy boxes from levels of stride 2^k.
+
+    Args:
+        strides: stride of each pooled level, finest first (powers of two, consecutive).
+        output_size: R.
+        sampling_ratio: RoIAlign samples per bin side (0 = adaptive, detectron2; torchvision 2).
+        aligned: half-pixel shift (detectron2's ROIAlignV2: True; torchvision: False).
+        level_assignment: ``detectron2`` or ``torchvision`` rounding of the level formula.
+    """
+
+    def __init__(
+        self,
+        strides: Sequence[int],
+        output_size: int = 7,
+        sampling_ratio: int = 0,
+        aligned: bool = True,
+        level_assignment: str = "detectron2",
+        canonical_box_size: float = 224.0,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__()
+        if level_assignment not in LEVEL_ASSIGNMENTS:
+            raise ValueError(f"level_assignment must be one of {LEVEL_ASSIGNMENTS}, got {level_assignment!r}")
+        levels = [int(round(math.log2(s))) for s in strides]
+        if levels != list(range(levels[0], levels[0] + len(levels))):
+            raise ValueError(f"pooler strides {list(strides)} must be consecutive powers of two")
+        self.scales = [1.0 / s for s in strides]
+        self.min_level, self.max_level = levels[0], levels[-1]
+        self.output_size, self.sampling_ratio, self.aligned = output_size, sampling_ratio, aligned
+        self.level_assignment = level_assignment
+        self.canonical_box_size, self.canonical_level = canonical_box_size, canonical_level
+
+    def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        """feats: per level [B, C, H, W]; boxes: per image [N_i, 4] xyxy -> [sum N_i, C, R, R]."""
+        rois = torch.cat(
+            [torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)], dim=0
+        )
+        r = self.output_size
+        if len(feats) == 1:
+            return roi_align(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
+        lv = assign_levels(
+            rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level,
+            self.level_assignment,
+        )
+        out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], r, r))
+        for k, (x, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.nonzero(lv == k, as_tuple=True)[0]
+            if idx.numel():
+                out[idx] = roi_align(x, rois[idx], r, scale, self.sampling_ratio, self.aligned).to(out.dtype)
+        return out
