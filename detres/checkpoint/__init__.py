@@ -14,5 +14,6 @@ from detres.checkpoint.loader import (
     register_converter,
 )
 from detres.checkpoint import detr  # noqa: F401  (registers the "detr" converter)
+from detres.checkpoint import detectron2, torchvision_frcnn  # noqa: F401  (register their converters)
 
 __all__ = ["Converter", "LoadReport", "load_checkpoint", "load_backbone_weights", "register_converter", "convert_state_dict"]
