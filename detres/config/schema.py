@@ -85,6 +85,7 @@ class DataConfig:
     aspect_ratio_grouping: bool = True
     filter_empty: bool = True
     pin_memory: bool = True
+    on_bad_image: str = "raise"  # raise | skip (log a warning, count it, load the next image)
 
 
 #: top-level key -> dataclass schema, or None for a ``_target_`` node / plain value.
