@@ -1,0 +1,57 @@
+"""BCCD through VocDetection, our converted COCO json and the third-party COCO json: same boxes and labels."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detres.cli.convert_dataset import main as convert_main
+from detres.data import CocoDetection, VocDetection
+
+NAMES = ["RBC", "WBC", "Platelets"]
+
+
+def _by_file(ds) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {Path(r["file_name"]).name: (r["boxes"], r["labels"]) for r in ds.records}
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_bccd_voc_equals_converted_coco(shared_dir: Path, tmp_path: Path, split: str) -> None:
+    root = shared_dir / "data" / "bccd" / "BCCD"
+    voc = VocDetection(str(root), split, class_names=NAMES)
+    out = tmp_path / f"{split}.json"
+    assert convert_main(["--from", "voc", "--root", str(root), "--split", split, "--out", str(out),
+                         "--class-names", *NAMES]) == 0
+    ours = CocoDetection(str(out), str(root / "JPEGImages"))
+    third = CocoDetection(str(shared_dir / "data" / "bccd" / "third_party_coco_conversion_yukkyo_voc2coco"
+                              / f"bccd_{split}_cocoformat.json"), str(root / "JPEGImages"))
+    a, b, c = _by_file(voc), _by_file(ours), _by_file(third)
+    assert len(a) == {"train": 205, "val": 87, "test": 72}[split]
+    assert a.keys() == b.keys() == c.keys()
+    for k in a:
+        for other in (b, c):
+            np.testing.assert_array_equal(a[k][0], other[k][0])
+            np.testing.assert_array_equal(a[k][1], other[k][1])
+    # identical samples through __getitem__ too
+    s1, s2 = voc[0], ours[0]
+    assert s1.file_name == s2.file_name and s1.image.shape == (3, 480, 640)
+    assert (s1.image == s2.image).all() and (s1.instances.boxes == s2.instances.boxes).all()
+
+
+def test_bccd_degenerate_boxes_become_one_pixel(shared_dir: Path) -> None:
+    """xmin == xmax in VOC's 1-based inclusive convention is a 1x1 box: kept, as in the COCO json."""
+    root = shared_dir / "data" / "bccd" / "BCCD"
+    voc = VocDetection(str(root), "trainval", class_names=NAMES)
+    voc_test = VocDetection(str(root), "test", class_names=NAMES)
+    recs = [r for ds in (voc, voc_test) for r in ds.records]
+    tiny = {Path(r["file_name"]).stem: r["boxes"][(r["boxes"][:, 2] - r["boxes"][:, 0]) <= 1]
+            for r in recs if ((r["boxes"][:, 2] - r["boxes"][:, 0]) <= 1).any()}
+    assert sorted(tiny) == ["BloodImage_00338", "BloodImage_00343"]
+    for boxes in tiny.values():
+        np.testing.assert_array_equal(boxes[:, 2:] - boxes[:, :2], [[1, 1]])
+    assert sum(len(r["boxes"]) for r in recs) == 4888
+    third = json.loads((shared_dir / "data/bccd/third_party_coco_conversion_yukkyo_voc2coco/"
+                        "bccd_train_cocoformat.json").read_text())
+    assert isinstance(third["images"][0]["id"], str)  # handled by renumbering, see CocoDetection
