@@ -109,6 +109,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, fmt: str | None =
 _BACKBONE_PREFIXES = ("backbone.body.", "backbone.bottom_up.", "backbone.0.body.", "backbone.", "module.", "model.")
 
 
+def _match_key(key: str, own: dict[str, Any]) -> str:
+    """``key`` renamed to a key of ``own`` by stripping wrapper prefixes (nested ones too, e.g.
+    ``module.backbone.body.``) and by timm's features_only flattening (``stages.0.x`` -> ``stages_0.x``)."""
+    k = key
+    while k not in own:
+        under = k.replace(".", "_", 1)
+        if under in own:
+            return under
+        prefix = next((p for p in _BACKBONE_PREFIXES if k.startswith(p)), None)
+        if prefix is None:
+            return key
+        k = k[len(prefix):]
+    return k
+
+
 def load_backbone_weights(module: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Load classifier-layout weights (torchvision / timm / detres) into a backbone module.
 
@@ -118,12 +133,9 @@ def load_backbone_weights(module: nn.Module, path: str | os.PathLike) -> LoadRep
     obj = read_weights_file(path)
     sd = to_tensor_dict(unwrap_state_dict(obj))
     own = module.state_dict()
-    if not set(sd) & set(own):
-        for prefix in _BACKBONE_PREFIXES:
-            stripped = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            if set(stripped) & set(own):
-                sd = stripped
-                break
+    sd = {_match_key(k, own): v for k, v in sd.items()}
+    # BatchNorm's step counter carries no weights; a frozen_bn model has none.
+    sd = {k: v for k, v in sd.items() if k in own or not k.endswith("num_batches_tracked")}
     report = _load_into(module, sd, str(path), "backbone")
     logger.info("%s: %s", path, report)
     return report
