@@ -55,3 +55,29 @@ def test_bccd_degenerate_boxes_become_one_pixel(shared_dir: Path) -> None:
     third = json.loads((shared_dir / "data/bccd/third_party_coco_conversion_yukkyo_voc2coco/"
                         "bccd_train_cocoformat.json").read_text())
     assert isinstance(third["images"][0]["id"], str)  # handled by renumbering, see CocoDetection
+
+
+def test_yolo_reading_matches_voc(shared_dir: Path, tmp_path: Path) -> None:
+    """BCCD written as YOLO txt reads back to the VOC boxes (up to float rounding) via YoloDetection."""
+    import os
+
+    from detres.data import YoloDetection
+
+    voc = VocDetection(str(shared_dir / "data/bccd/BCCD"), "val", class_names=NAMES)
+    (tmp_path / "images/val").mkdir(parents=True)
+    (tmp_path / "labels/val").mkdir(parents=True)
+    (tmp_path / "classes.txt").write_text("\n".join(NAMES))
+    for r in voc.records[:10]:
+        os.symlink(r["file_name"], tmp_path / "images/val" / Path(r["file_name"]).name)
+        b, w, h = r["boxes"], r["width"], r["height"]
+        lines = [f"{l} {(x0 + x1) / 2 / w:.8f} {(y0 + y1) / 2 / h:.8f} {(x1 - x0) / w:.8f} {(y1 - y0) / h:.8f}"
+                 for l, (x0, y0, x1, y1) in zip(r["labels"].tolist(), b.tolist())]
+        (tmp_path / "labels/val" / (Path(r["file_name"]).stem + ".txt")).write_text("\n".join(lines))
+    yolo = YoloDetection(str(tmp_path), "val")
+    assert yolo.meta.class_names == NAMES and len(yolo) == 10
+    for a, b in zip(voc.records[:10], yolo.records):
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+    out = tmp_path / "y.json"
+    assert convert_main(["--from", "yolo", "--root", str(tmp_path), "--split", "val", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["annotations"]) == sum(len(r["boxes"]) for r in yolo.records)
