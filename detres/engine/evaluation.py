@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -16,20 +17,22 @@ logger = logging.getLogger("detres.train")
 __all__ = ["run_evaluation"]
 
 
+def _ground_truth(dataset: Any) -> Any:
+    """The val set's COCO ground truth: its json file, or a COCO dict made from its records (VOC, YOLO)."""
+    ann_file = getattr(dataset, "ann_file", None)
+    if ann_file and str(ann_file).endswith(".json") and Path(ann_file).is_file():
+        return str(ann_file)
+    from detres.data.convert import records_to_coco_dict
+
+    return records_to_coco_dict(dataset.records, dataset.meta, Path("/"))
+
+
 def _build_evaluator(cls: Any, cfg: DictConfig, dataset: Any, output_dir: str | None) -> Any:
     params = inspect.signature(cls).parameters
     eval_cfg = dict(cfg.get("eval", None) or {})
-    kwargs: dict[str, Any] = {}
-    for name in params:
-        if name in ("dataset", "test_dataset"):
-            kwargs[name] = dataset
-        elif name in ("meta", "dataset_meta"):
-            kwargs[name] = getattr(dataset, "meta", None)
-        elif name == "output_dir":
-            kwargs[name] = output_dir
-        elif name in eval_cfg:
-            kwargs[name] = eval_cfg[name]
-    return cls(**kwargs)
+    kwargs: dict[str, Any] = {"dataset_meta": getattr(dataset, "meta", None), "output_dir": output_dir}
+    kwargs.update({k: v for k, v in eval_cfg.items() if k in params and k not in kwargs})
+    return cls(_ground_truth(dataset), **{k: v for k, v in kwargs.items() if k in params})
 
 
 def run_evaluation(cfg: DictConfig, model: nn.Module, output_dir: str | None = None) -> dict[str, Any]:

@@ -110,6 +110,13 @@ def build_optimizer(node: Mapping[str, Any], model: nn.Module, train_cfg: Mappin
         raise ValueError("optimizer: missing _target_ (e.g. torch.optim.SGD or torch.optim.AdamW) in the config.")
     if "lr" not in node:
         raise ValueError(f"optimizer: missing 'lr' for {node['_target_']}; add `lr: ...` under optimizer.")
+    node = dict(node)
+    for key in ("lr", "weight_decay", "momentum", "eps"):  # PyYAML reads `1e-4` (no dot) as a string
+        if isinstance(node.get(key), str):
+            try:
+                node[key] = float(node[key])
+            except ValueError:
+                raise ValueError(f"optimizer.{key}: expected a number, got {node[key]!r}") from None
     tc = dict(train_cfg or {})
     groups = build_param_groups(
         model, float(node["lr"]), float(node.get("weight_decay", 0.0)),

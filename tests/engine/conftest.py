@@ -48,12 +48,16 @@ def tiny_config(shapes: Path, output_dir: Path, **train: object) -> dict:
 
 @pytest.fixture
 def make_cfg(shapes_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
-    """``make_cfg(name, overrides=[...], **train_keys)`` writes ``tmp/name.yaml`` and loads it."""
+    """``make_cfg(name, overrides=[...], with_val=False, **train_keys)`` writes ``tmp/name.yaml`` and loads it
+    (without ``data.val`` unless asked: evaluation on CPU is the slow part)."""
     from detres.config import load_config
 
-    def make(name: str = "run", overrides: list[str] | None = None, **train: object) -> DictConfig:
+    def make(name: str = "run", overrides: list[str] | None = None, with_val: bool = False, **train: object) -> DictConfig:
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(tiny_config(shapes_dir, tmp_path / name, **train)))
+        cfg = tiny_config(shapes_dir, tmp_path / name, **train)
+        if not with_val:
+            cfg["data"]["val"] = None
+        path.write_text(yaml.safe_dump(cfg))
         return load_config(path, overrides or [])
 
     return make
