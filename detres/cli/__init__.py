@@ -39,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         print(f"detres: command '{cmd}' is not available in this build ({e})", file=sys.stderr)
         return 2
-    return int(module.main(rest) or 0)
+    from detres.config import ConfigError
+
+    try:
+        return int(module.main(rest) or 0)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, TypeError, ImportError) as e:
+        # A user error (config typo, missing file): one clear line, exit code 2, no traceback.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
