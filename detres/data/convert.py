@@ -29,3 +29,20 @@ def _num(v: float) -> float | int:
     """Ints stay ints in the json (VOC pixel coordinates), other values keep 3 decimals."""
     r = round(float(v), 3)
     return int(r) if r == int(r) else r
+
+
+class CocoView:
+    """Mixin for non-COCO datasets with ``to_coco_dict()``: a lazily built pycocotools index as
+    ``.coco`` (what the evaluator scores against) and ``ann_file = None``."""
+
+    ann_file: str | None = None
+    _coco: Any = None
+
+    @property
+    def coco(self) -> Any:
+        """pycocotools COCO index of ``to_coco_dict()`` (built on first use)."""
+        if self._coco is None:
+            from detres.data.coco import build_coco_index
+
+            self._coco = build_coco_index(self.to_coco_dict())  # type: ignore[attr-defined]
+        return self._coco

@@ -11,7 +11,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import BatchSampler, DataLoader
 
-from detres.data.base import DetectionDataset
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from detres.data.transforms import Compose
 from detres.registry import instantiate, locate
@@ -179,4 +178,4 @@ def infer_num_classes(data_cfg: Any) -> tuple[int, list[str]]:
 
 
 __all__ = ["build_dataset", "build_transforms", "build_train_loader", "build_test_loader", "infer_num_classes",
-           "TrainLoader", "TestLoader", "DetectionDataset"]
+           "TrainLoader", "TestLoader"]

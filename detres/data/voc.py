@@ -10,7 +10,7 @@ import numpy as np
 
 from detres.data.base import DetectionDataset, make_record, sanitize_records
 from detres.data.coco import resolve_path
-from detres.data.convert import records_to_coco_dict
+from detres.data.convert import CocoView, records_to_coco_dict
 from detres.data.io import image_size
 from detres.data.meta import DatasetMeta
 from detres.registry import DATASETS
@@ -101,7 +101,7 @@ def voc_records(root: str, split: str, class_names: list[str] | None = None,
 
 
 @DATASETS.register()
-class VocDetection(DetectionDataset):
+class VocDetection(CocoView, DetectionDataset):
     """Pascal VOC layout: ``root/{Annotations,JPEGImages,ImageSets/Main/<split>.txt}``.
 
     Yields the same Samples as CocoDetection; ``to_coco_dict()`` gives the equivalent COCO json

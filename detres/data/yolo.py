@@ -10,7 +10,7 @@ import yaml
 
 from detres.data.base import DetectionDataset, make_record, sanitize_records
 from detres.data.coco import resolve_path
-from detres.data.convert import records_to_coco_dict
+from detres.data.convert import CocoView, records_to_coco_dict
 from detres.data.io import image_size
 from detres.data.meta import DatasetMeta
 from detres.registry import DATASETS
@@ -74,7 +74,7 @@ def yolo_records(root: str, split: str, class_names: list[str] | None = None) ->
 
 
 @DATASETS.register()
-class YoloDetection(DetectionDataset):
+class YoloDetection(CocoView, DetectionDataset):
     """YOLO txt dataset: ``root/images/<split>/``, ``root/labels/<split>/``, class names from
     ``class_names``, ``root/classes.txt`` or ``root/data.yaml``. Category ids are 1..K."""
 

@@ -81,3 +81,14 @@ def test_yolo_reading_matches_voc(shared_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "y.json"
     assert convert_main(["--from", "yolo", "--root", str(tmp_path), "--split", "val", "--out", str(out)]) == 0
     assert len(json.loads(out.read_text())["annotations"]) == sum(len(r["boxes"]) for r in yolo.records)
+
+
+def test_voc_coco_view_for_the_evaluator(shared_dir: Path) -> None:
+    voc = VocDetection(str(shared_dir / "data/bccd/BCCD"), "test", class_names=NAMES)
+    coco = voc.coco
+    assert len(coco.getImgIds()) == 72 and sorted(coco.getCatIds()) == [1, 2, 3]
+    s = voc[0]
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[s.image_id]))
+    xyxy = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+    np.testing.assert_array_equal(xyxy, s.instances.boxes.numpy())
+    assert [voc.meta.label_of(a["category_id"]) for a in anns] == s.instances.labels.tolist()
