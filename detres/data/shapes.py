@@ -101,23 +101,36 @@ def make_image(rng: np.random.Generator, num_classes: int = 3, max_objects: int 
     return img, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
 
 
+def _render(job: tuple[Path, str, int, int, int, int]) -> tuple[int, int, list[list[float]], list[int]]:
+    """Draw and write image ``i`` of a split; returns (h, w, boxes xyxy, labels)."""
+    img_dir, split, i, seed, num_classes, quality = job
+    img, boxes, labels = make_image(np.random.default_rng([seed, _SPLIT_CODE.get(split, 3), i]), num_classes)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok, "JPEG encoding failed"
+    (img_dir / f"{i + 1:06d}.jpg").write_bytes(buf.tobytes())
+    return img.shape[0], img.shape[1], boxes.tolist(), labels.tolist()
+
+
 def make_split(out: Path, split: str, num_images: int, seed: int = 0, num_classes: int = 3,
-               quality: int = 90) -> dict[str, Any]:
-    """Write ``out/<split>/*.jpg`` and return the split's COCO json dict (category ids 1..K)."""
+               quality: int = 90, workers: int = 1) -> dict[str, Any]:
+    """Write ``out/<split>/*.jpg`` and return the split's COCO json dict (category ids 1..K).
+    ``workers`` > 1 renders in a process pool; the output does not depend on it."""
     if not 1 <= num_classes <= len(SHAPE_CLASSES):
         raise ValueError(f"num_classes must be in 1..{len(SHAPE_CLASSES)}, got {num_classes}")
     img_dir = out / split
     img_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(img_dir, split, i, seed, num_classes, quality) for i in range(num_images)]
+    if workers > 1 and num_images > 64:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_render, jobs, chunksize=32)
+    else:
+        results = [_render(j) for j in jobs]
     images, anns = [], []
-    for i in range(num_images):
-        rng = np.random.default_rng([seed, _SPLIT_CODE.get(split, 3), i])
-        img, boxes, labels = make_image(rng, num_classes)
-        name = f"{i + 1:06d}.jpg"
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-        assert ok, "JPEG encoding failed"
-        (img_dir / name).write_bytes(buf.tobytes())
-        images.append({"id": i + 1, "file_name": name, "height": img.shape[0], "width": img.shape[1]})
-        for b, lab in zip(boxes.tolist(), labels.tolist()):
+    for i, (h, w, boxes, labels) in enumerate(results):
+        images.append({"id": i + 1, "file_name": f"{i + 1:06d}.jpg", "height": h, "width": w})
+        for b, lab in zip(boxes, labels):
             bw, bh = b[2] - b[0], b[3] - b[1]
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": lab + 1,
                          "bbox": [int(b[0]), int(b[1]), int(bw), int(bh)], "area": int(bw * bh), "iscrowd": 0})
@@ -126,13 +139,14 @@ def make_split(out: Path, split: str, num_images: int, seed: int = 0, num_classe
             "images": images, "annotations": anns, "categories": cats}
 
 
-def make_shapes(out: str | Path, num_train: int, num_val: int, seed: int = 0, num_classes: int = 3) -> dict[str, Path]:
+def make_shapes(out: str | Path, num_train: int, num_val: int, seed: int = 0, num_classes: int = 3,
+                workers: int = 1) -> dict[str, Path]:
     """Write the dataset: ``out/{train,val}/*.jpg``, ``out/annotations/instances_{train,val}.json``."""
     out = Path(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, n in (("train", num_train), ("val", num_val)):
-        data = make_split(out, split, n, seed, num_classes)
+        data = make_split(out, split, n, seed, num_classes, workers=workers)
         paths[split] = out / "annotations" / f"instances_{split}.json"
         paths[split].write_text(json.dumps(data))
     return paths

@@ -23,10 +23,11 @@ def _digest(d: Path) -> str:
 
 
 def test_make_shapes_deterministic_and_valid(tmp_path: Path) -> None:
-    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        assert make_main(["--out", str(tmp_path / name), "--num-train", "12", "--num-val", "4", "--seed", str(seed)]) == 0
+    for name, seed, workers in (("a", 1, 1), ("b", 1, 2), ("c", 2, 1)):
+        assert make_main(["--out", str(tmp_path / name), "--num-train", "70", "--num-val", "4", "--seed", str(seed),
+                          "--workers", str(workers)]) == 0
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
-    for split, n in (("train", 12), ("val", 4)):
+    for split, n in (("train", 70), ("val", 4)):
         ann = tmp_path / "a" / "annotations" / f"instances_{split}.json"
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann))
