@@ -58,7 +58,9 @@ def _model_mode(args: argparse.Namespace) -> dict[str, Any] | None:
                                dataset=dataset)
     model = detres.build_model(cfg)
     detres.load_checkpoint(model, args.weights)
-    gt = getattr(dataset, "ann_file", None)
+    gt = getattr(dataset, "ann_file", None) or getattr(dataset, "coco", None)
+    if gt is None:
+        raise ValueError(f"{type(dataset).__name__} has neither .ann_file nor .coco: COCO evaluation needs COCO GT")
     evaluator = COCOEvaluator(gt, dataset.meta, output_dir=args.output_dir,
                               backend=args.backend or ev_cfg.get("backend", "auto"),
                               max_dets=args.max_dets or list(ev_cfg.get("max_dets", [1, 10, 100])),

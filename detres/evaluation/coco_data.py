@@ -85,7 +85,9 @@ def _boxes(rows: list, what: str, ids: list, source: str) -> np.ndarray:
 
 
 def ground_truth(gt: str | Path | dict, source: str | None = None) -> GroundTruth:
-    """Index a COCO GT (json path or dataset dict) the way pycocotools' COCO + COCOeval._prepare do."""
+    """Index a COCO GT (json path, dataset dict or pycocotools COCO) the way COCO + COCOeval._prepare do."""
+    if hasattr(gt, "dataset") and isinstance(gt.dataset, dict):
+        gt = gt.dataset
     if not isinstance(gt, dict):
         source = source or str(gt)
         gt = load_json(gt)
