@@ -31,6 +31,8 @@ class InputConfig:
     min_size_test / max_size_test: test-time resize of the shorter / longer side (0 = no resize).
     size_divisibility: pad H and W up to a multiple of this.
     pad_policy_test: ``per_image`` (batch-invariant, the default) or ``batch_max`` (the references').
+    unit_range: scale pixels to 0..1 first and normalize with mean/255, std/255: the same maths in
+        torchvision's float arithmetic, so its models see bitwise-identical inputs.
     """
 
     format: str = "RGB"
@@ -40,6 +42,7 @@ class InputConfig:
     max_size_test: int = 1333
     size_divisibility: int = 32
     pad_policy_test: str = "per_image"
+    unit_range: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in ("RGB", "BGR"):
@@ -66,8 +69,11 @@ class Detector(nn.Module):
     def __init__(self, input: InputConfig | None = None) -> None:
         super().__init__()
         self.input = input or InputConfig()
-        self.register_buffer("pixel_mean", torch.tensor(self.input.pixel_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(self.input.pixel_std).view(3, 1, 1), persistent=False)
+        div = 255.0 if self.input.unit_range else 1.0
+        mean = [m / div for m in self.input.pixel_mean]
+        std = [s / div for s in self.input.pixel_std]
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
         self.pad_policy_test = self.input.pad_policy_test
 
     @property
@@ -82,6 +88,8 @@ class Detector(nn.Module):
         x = image.to(device=self.device, dtype=torch.float32)
         if self.input.format == "BGR":
             x = x.flip(0)
+        if self.input.unit_range:
+            x = x / 255.0
         return (x - self.pixel_mean) / self.pixel_std
 
     def resize_for_test(self, x: Tensor) -> Tensor:
