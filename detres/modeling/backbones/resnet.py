@@ -83,6 +83,8 @@ class ResNet(nn.Module):
         norm: ``bn``, ``frozen_bn``, ``syncbn`` or ``gn``.
         freeze_at: 0 freezes nothing, 1 the stem, k the stem and stages res2..res_k.
         dilation: dilation of res5 (2 = DC5: res5 keeps stride 16).
+        dilation_style: ``torchvision`` (the first res5 block keeps dilation 1, as torchvision's
+            ``replace_stride_with_dilation`` and official DETR-DC5) or ``detectron2`` (every res5 block dilated).
         stride_in_1x1: put the stride of bottleneck blocks on the 1x1 conv (detectron2's MSRA weights).
         num_classes: classifier mode: global average pool + ``fc`` with this many outputs.
         weights: local path of torchvision / timm / detres ResNet weights to load.
@@ -98,6 +100,7 @@ class ResNet(nn.Module):
         stride_in_1x1: bool = False,
         num_classes: int | None = None,
         weights: str | None = None,
+        dilation_style: str = "torchvision",
     ) -> None:
         super().__init__()
         if depth not in STAGES:
@@ -107,6 +110,8 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet out_features {bad} not in res2..res5")
         if dilation not in (1, 2):
             raise ValueError(f"ResNet dilation must be 1 or 2, got {dilation}")
+        if dilation_style not in ("torchvision", "detectron2"):
+            raise ValueError(f"ResNet dilation_style must be 'torchvision' or 'detectron2', got {dilation_style!r}")
         block = BasicBlock if depth < 50 else Bottleneck
         self.depth, self.out_features, self.num_classes = depth, list(out_features), num_classes
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -123,7 +128,8 @@ class ResNet(nn.Module):
                 s, d = 1, 2
             layers = []
             for j in range(n):
-                layers.append(block(cin, planes, s if j == 0 else 1, d, norm, stride_in_1x1))
+                dj = 1 if (j == 0 and dilation_style == "torchvision") else d
+                layers.append(block(cin, planes, s if j == 0 else 1, dj, norm, stride_in_1x1))
                 cin = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             stride *= s
