@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -151,12 +152,20 @@ class DetectionDataset(Dataset):
         data = DetData(image, r["boxes"].copy(), r["labels"].copy(), r["iscrowd"].copy())
         if self.transforms is not None:
             data = self.transforms(data, rng)
-        img = torch.from_numpy(np.ascontiguousarray(data.image)).permute(2, 0, 1).contiguous()
+        img = torch.from_numpy(hwc_to_chw(data.image))
         inst = Instances(torch.from_numpy(np.ascontiguousarray(data.boxes, dtype=np.float32)).reshape(-1, 4),
                          torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64)),
                          torch.from_numpy(np.ascontiguousarray(data.iscrowd, dtype=bool)))
         return Sample(image=img, instances=inst, image_id=int(r["image_id"]), orig_size=(r["height"], r["width"]),
                       file_name=r["file_name"], meta={"ann_ids": r["ann_ids"].tolist()})
+
+
+def hwc_to_chw(image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] -> contiguous [3, H, W] (cv2.split: several times faster than a strided copy)."""
+    out = np.empty((3, *image.shape[:2]), image.dtype)
+    for c, plane in enumerate(cv2.split(image)):
+        out[c] = plane
+    return out
 
 
 def make_record(image_id: int, file_name: str, height: int, width: int, boxes: np.ndarray,

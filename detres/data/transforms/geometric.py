@@ -36,7 +36,7 @@ def hflip(data: DetData) -> DetData:
     boxes = data.boxes.copy()
     boxes[:, 0] = w - data.boxes[:, 2]
     boxes[:, 2] = w - data.boxes[:, 0]
-    return DetData(np.ascontiguousarray(data.image[:, ::-1]), boxes, data.labels, data.iscrowd)
+    return DetData(cv2.flip(data.image, 1), boxes, data.labels, data.iscrowd)
 
 
 def shortest_edge_size(h: int, w: int, short: float, max_size: int) -> tuple[int, int]:
