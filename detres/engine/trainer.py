@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import math
@@ -193,7 +194,10 @@ class Trainer:
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs (call on every rank: it gathers the RNG states)."""
-        rng = du.all_gather_object({"model": get_rng_state(), "data": self._data_rng})
+        # Tensors travel as torch.save bytes: all_gather_object's own tensor pickling breaks on some builds.
+        buf = io.BytesIO()
+        torch.save({"model": get_rng_state(), "data": self._data_rng}, buf)
+        rng = [torch.load(io.BytesIO(b), weights_only=True) for b in du.all_gather_object(buf.getvalue())]
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
