@@ -79,9 +79,9 @@ def test_overfit_one_batch() -> None:
     model = build_from_config("faster_rcnn_r18_fpn_1x_coco", SMALL).train()
     imgs, targets = _batch()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.03, momentum=0.9)
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     start, first, last = time.time(), None, None
-    for it in range(150):
+    for it in range(400):
         losses = model(imgs, targets)
         total = sum(losses.values())
         opt.zero_grad()
@@ -90,7 +90,7 @@ def test_overfit_one_batch() -> None:
         opt.step()
         first = first if first is not None else total.item()
         last = total.item()
-        if last < first / 8 or time.time() - start > 150:
+        if last < first / 8 or time.time() - start > 170:
             break
     print(f"overfit: {first:.3f} -> {last:.3f} in {it + 1} iters, {time.time() - start:.1f}s")
     assert last < first / 5
