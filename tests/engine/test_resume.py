@@ -87,6 +87,8 @@ def test_sigkill_during_checkpoint_write_keeps_previous(shapes_dir, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "model_0000002.pth at iteration 2" in res.stdout
     assert not tmp_file.exists()  # the partial file is cleaned up at start
-    iters = [json.loads(line)["iter"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    iters = [r["iter"] for r in recs if "loss" in r]
     assert iters == [1, 2, 3, 4, 5, 6]  # the killed run's iterations 3..4 are replaced, not duplicated
     assert Checkpointer.load(out / "model_final.pth")["iteration"] == 6
+    assert [r["iter"] for r in recs if "eval/AP" in r] == [6]  # the final COCO evaluation
