@@ -31,10 +31,14 @@ def setup_logging(output_dir: str | None = None) -> None:
         h.setFormatter(fmt)
         h._detres = True  # type: ignore[attr-defined]
         root.addHandler(h)
+    for old in [h for h in root.handlers if getattr(h, "_detres_file", False)]:  # a previous run in this process
+        root.removeHandler(old)
+        old.close()
     if main and output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(Path(output_dir) / "log.txt")
         fh.setFormatter(fmt)
+        fh._detres_file = True  # type: ignore[attr-defined]
         root.addHandler(fh)
 
 
