@@ -1,0 +1,197 @@
+"""model: inference latency (batch 1), throughput (batch N), peak memory, params and FLOPs of a config's
+model; ``--compare torchvision`` times torchvision's Faster R-CNN on the same weights, alternating.
+
+What is measured:
+- latency_s: median seconds of one ``model([image])`` call (preprocess + network + postprocess) over
+  ``--iters`` runs after ``--warmup``; ``latency_iqr_s`` is its inter-quartile range.
+- cpu_s: median CPU seconds of this process per call (``time.process_time``, all threads); on a
+  shared machine it is far less disturbed by other processes than wall time.
+- ratio / cpu_ratio: detres / reference medians of wall / CPU seconds, same inputs, alternating runs.
+- throughput_img_s: images / median seconds of one ``model([image] * batch)`` call.
+- peak_mem_mb: CUDA: ``torch.cuda.max_memory_allocated`` during one batch-1 call. CPU: the growth of
+  the process' max resident set size (``resource.getrusage``) over the first batch-1 call, which runs
+  before anything else; it is a high-water mark, so later (smaller) calls do not show.
+- gflops: ``torch.utils.flop_counter.FlopCounterMode`` over one batch-1 call (convolutions and
+  matmuls; RoIAlign and NMS are not counted).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detres.benchmark.reference import (
+    build_torchvision_frcnn,
+    compare_detections,
+    load_reference_weights,
+    summarize,
+    time_alternating,
+)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """``--config C [k=v ...] --image-size H W --batch N --iters K --warmup W --compare torchvision``."""
+    from detres.cli.common import add_config_args
+
+    add_config_args(parser)
+    parser.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
+                        help="input image size before the model's own test resize (default 480 640)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the throughput run (1 = skip it)")
+    parser.add_argument("--iters", type=int, default=5, help="timed runs per model and batch size")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
+    parser.add_argument("--compare", choices=["torchvision"], default=None,
+                        help="also time torchvision's Faster R-CNN on the same converted weights")
+    parser.add_argument("--torchvision-version", choices=["auto", "v1", "v2"], default="auto",
+                        help="fasterrcnn_resnet50_fpn (v1) or _v2; auto: v2 when the config name says so")
+    parser.add_argument("--no-optimize", action="store_true", help="skip optimize_for_inference (BN folding)")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC weights (optimize_for_inference)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and neck")
+    parser.add_argument("--amp", action="store_true", help="CUDA: autocast to float16")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _maxrss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+def count_flops(model: nn.Module, images: list[Tensor]) -> float:
+    """GFLOPs of one ``model(images)`` call counted by FlopCounterMode (conv, matmul, ...)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(images)
+    return counter.get_total_flops() / 1e9
+
+
+def _build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
+    from detres.cli.common import load_config_from_args
+    from detres.modeling.build import build_model
+
+    overrides = list(args.overrides)
+    if args.compare == "torchvision":
+        # 90 classes keep torchvision's 91 slots one to one, so the softmax (and the detections) match.
+        overrides = [o for o in overrides if not o.startswith("num_classes=")] + ["num_classes=90"]
+    cfg = load_config_from_args(argparse.Namespace(imports=args.imports, config=args.config, overrides=overrides))
+    torch.manual_seed(args.seed)
+    model = build_model(cfg).eval()
+    info: dict[str, Any] = {"config": args.config, "overrides": overrides}
+    ref = None
+    if args.compare == "torchvision":
+        version = args.torchvision_version
+        if version == "auto":
+            version = "v2" if "v2" in str(args.config) else "v1"
+        inp = cfg.model.input
+        if inp.format != "RGB":
+            raise ValueError(f"{args.config}: --compare torchvision needs model.input.format RGB (torchvision's "
+                             f"normalization), got {inp.format}; use a *_torchvision_* config")
+        ref = build_torchvision_frcnn(version, args.seed)
+        # The same test-time resize as the detres config (torchvision's defaults are 800 / 1333).
+        ref.transform.min_size, ref.transform.max_size = (int(inp.min_size_test),), int(inp.max_size_test)
+        load_reference_weights(model, ref)
+        info["reference"] = f"torchvision fasterrcnn_resnet50_fpn{'_v2' if version == 'v2' else ''}"
+    return model, ref, info
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time the model (and the reference), check detections agree, print a table; return the figures."""
+    from detres.modeling.fuse import optimize_for_inference
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model, ref, info = _build(args)
+    params = sum(p.numel() for p in model.parameters())
+    if not args.no_optimize:
+        optimize_for_inference(model, channels_last=args.channels_last, compile=args.compile)
+    model.to(device)
+    if ref is not None:
+        ref.to(device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else None
+    g = torch.Generator().manual_seed(args.seed)
+    h, w = args.image_size
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).to(device) for _ in range(max(args.batch, 1))]
+    one = images[:1]
+    # torchvision wants float 0..1; converted once here so its timing does not include it.
+    ref_images = [im.float() / 255.0 for im in images]
+    ref_one = ref_images[:1]
+
+    def call(m: nn.Module, ims: list[Tensor]) -> Any:
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=args.amp and cuda):
+            return m(ims)
+
+    # Peak memory first, before anything else has raised the high-water mark.
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ours_out = call(model, one)
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        before = _maxrss_mb()
+        ours_out = call(model, one)
+        peak_mb = _maxrss_mb() - before
+    result: dict[str, Any] = {**info, "device": str(device), "threads": torch.get_num_threads(),
+                              "image_size": [h, w], "batch": args.batch, "iters": args.iters,
+                              "params": params, "peak_mem_mb": round(peak_mb, 1),
+                              "optimized": not args.no_optimize, "channels_last": args.channels_last,
+                              "compile": args.compile, "amp": bool(args.amp and cuda)}
+    result["gflops"] = round(count_flops(model, one), 2)
+
+    fns = {"detres": lambda: call(model, one)}
+    if ref is not None:
+        ref_out = call(ref, ref_one)
+        result["check"] = compare_detections(ours_out, ref_out)
+        fns["reference"] = lambda: call(ref, ref_one)
+    times = time_alternating(fns, args.iters, args.warmup, sync)
+    _add(result, "", times)
+    if args.batch > 1:
+        fns_b = {"detres": lambda: call(model, images)}
+        if ref is not None:
+            fns_b["reference"] = lambda: call(ref, ref_images)
+        _add(result, "batch_", time_alternating(fns_b, args.iters, 0, sync))
+        result["throughput_img_s"] = args.batch / result["batch_latency_s"]
+        if ref is not None:
+            result["reference_throughput_img_s"] = args.batch / result["reference_batch_latency_s"]
+    if not args.json:
+        _print_table(result)
+    return result
+
+
+def _add(result: dict[str, Any], prefix: str, times: dict[str, dict[str, list[float]]]) -> None:
+    """Medians and IQRs of wall and CPU seconds; ratios detres / reference."""
+    for who, key in (("detres", ""), ("reference", "reference_")):
+        if who not in times:
+            continue
+        w, c = summarize(times[who]["wall"]), summarize(times[who]["cpu"])
+        result.update({f"{key}{prefix}latency_s": w["median"], f"{key}{prefix}latency_iqr_s": w["iqr"],
+                       f"{key}{prefix}cpu_s": c["median"], f"{key}{prefix}cpu_iqr_s": c["iqr"]})
+    if "reference" in times:
+        result[f"{prefix}ratio"] = result[f"{prefix}latency_s"] / result[f"reference_{prefix}latency_s"]
+        result[f"{prefix}cpu_ratio"] = result[f"{prefix}cpu_s"] / result[f"reference_{prefix}cpu_s"]
+
+
+def _print_table(r: dict[str, Any]) -> None:
+    print(f"model {r['config']} on {r['device']} ({r['threads']} threads), input {r['image_size'][0]}x{r['image_size'][1]}")
+    print(f"  params {r['params'] / 1e6:.2f} M   GFLOPs {r['gflops']:.1f}   peak mem +{r['peak_mem_mb']:.0f} MB")
+    for prefix, label in (("", "batch 1"), ("batch_", f"batch {r['batch']}")):
+        if f"{prefix}latency_s" not in r:
+            continue
+        line = (f"  {label}: detres wall {r[f'{prefix}latency_s']:.3f} s (IQR {r[f'{prefix}latency_iqr_s']:.3f}), "
+                f"cpu {r[f'{prefix}cpu_s']:.3f} s")
+        if f"{prefix}ratio" in r:
+            line += (f" | {r['reference']} wall {r[f'reference_{prefix}latency_s']:.3f} s "
+                     f"(IQR {r[f'reference_{prefix}latency_iqr_s']:.3f}), cpu {r[f'reference_{prefix}cpu_s']:.3f} s"
+                     f" | ratio wall {r[f'{prefix}ratio']:.3f}, cpu {r[f'{prefix}cpu_ratio']:.3f}")
+        print(line)
+    if "check" in r:
+        c = r["check"]
+        print(f"  detections identical: {c['identical']} (counts {c['detections']}, max box diff {c['max_box_diff']:.2e}, "
+              f"max score diff {c['max_score_diff']:.2e})")

@@ -1,0 +1,101 @@
+"""Inference speed-ups that keep a model's outputs within float tolerance.
+
+- ``fold_frozen_bn``: a frozen (or eval-mode) BatchNorm after a conv is an affine map per channel,
+  so it folds into the conv's weight and bias: w' = w * g / sqrt(v + eps), b' = (b - m) * g /
+  sqrt(v + eps) + beta; the norm becomes ``nn.Identity``. Saves one full pass over every feature map.
+- ``channels_last``: NHWC weights let oneDNN (CPU) and cuDNN (GPU) pick their fastest kernels.
+- ``compile``: ``torch.compile`` of the backbone and neck (the dense part; the heads have
+  data-dependent shapes).
+
+``optimize_for_inference(model)`` applies them; the benchmark tool, the exporter and ``Predictor``
+call it. The model must not be trained afterwards (folded norms no longer exist).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+_BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
+
+
+def _is_foldable_bn(m: nn.Module) -> bool:
+    if isinstance(m, nn.BatchNorm2d):  # SyncBatchNorm subclasses BatchNorm's base, not BatchNorm2d
+        return not m.training and m.track_running_stats and m.running_mean is not None
+    return isinstance(m, FrozenBatchNorm2d)
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> None:
+    """Fold ``bn`` (FrozenBatchNorm2d or eval BatchNorm2d over conv's outputs) into ``conv`` in place."""
+    w = bn.weight if getattr(bn, "weight", None) is not None else torch.ones_like(bn.running_mean)
+    b = bn.bias if getattr(bn, "bias", None) is not None else torch.zeros_like(bn.running_mean)
+    scale = w * torch.rsqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+    bias = (conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)) - bn.running_mean
+    new_bias = (bias * scale + b).to(conv.weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias, requires_grad=False)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def _conv_partner(name: str, children: dict[str, nn.Module], order: list[str]) -> str | None:
+    """Name of the conv a norm named ``name`` follows: ``bnK`` -> ``convK``, ``downsample.1`` ->
+    ``.0`` (Sequential order), ``norm`` -> ``conv``."""
+    m = re.fullmatch(r"bn(\d*)", name)
+    if m and f"conv{m.group(1)}" in children:
+        return f"conv{m.group(1)}"
+    if name == "norm" and "conv" in children:
+        return "conv"
+    i = order.index(name)
+    if i > 0 and isinstance(children[order[i - 1]], nn.Conv2d) and name.isdigit():
+        return order[i - 1]
+    return None
+
+
+def fold_frozen_bn(model: nn.Module) -> int:
+    """Fold every frozen / eval BatchNorm that directly follows a conv into it; returns the count.
+
+    Pairs are found by torchvision's names (``convK``/``bnK``, Sequential ``.0``/``.1``), so only
+    norms applied right after their conv are folded.
+    """
+    count = 0
+    for module in list(model.modules()):
+        children = dict(module.named_children())
+        order = list(children)
+        for name, child in children.items():
+            if not isinstance(child, _BN_TYPES) or not _is_foldable_bn(child):
+                continue
+            partner = _conv_partner(name, children, order)
+            conv = children.get(partner) if partner else None
+            if not isinstance(conv, nn.Conv2d) or conv.out_channels != child.running_mean.numel():
+                continue
+            fold_conv_bn(conv, child)
+            setattr(module, name, nn.Identity())
+            count += 1
+    return count
+
+
+def optimize_for_inference(
+    model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False, compile: bool = False
+) -> nn.Module:
+    """Eval mode, no gradients, folded norms; optionally NHWC weights and a compiled backbone/neck.
+
+    Returns the same module (changed in place). Outputs stay within float tolerance of the original.
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if fold_bn:
+        fold_frozen_bn(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        for name in ("backbone", "neck"):
+            sub = getattr(model, name, None)
+            if sub is not None:
+                setattr(model, name, torch.compile(sub, dynamic=True))
+    return model
