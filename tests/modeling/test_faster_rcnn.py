@@ -94,3 +94,22 @@ def test_overfit_one_batch() -> None:
             break
     print(f"overfit: {first:.3f} -> {last:.3f} in {it + 1} iters, {time.time() - start:.1f}s")
     assert last < first / 5
+
+
+def test_convert_cli_torchvision_to_detres(tmp_path) -> None:
+    """``detres convert --from torchvision``: 91 slots -> 80 contiguous classes + COCO ids in dataset_meta."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    from detres.cli.convert import converter_names, main
+
+    assert {"torchvision", "detectron2"} <= set(converter_names())
+    torch.manual_seed(0)
+    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    assert main(["--from", "torchvision", str(tmp_path / "tv.pth"), str(tmp_path / "out.pth")]) == 0
+    ck = torch.load(tmp_path / "out.pth", weights_only=True)
+    assert ck["format"] == "detres" and ck["dataset_meta"]["cat_ids"][:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]
+    cls = ck["model"]["roi_heads.box_predictor.cls_score.weight"]
+    assert cls.shape[0] == 81
+    torch.testing.assert_close(cls[11], tv.roi_heads.box_predictor.cls_score.weight[13])  # label 11 = COCO id 13
+    torch.testing.assert_close(cls[80], tv.roi_heads.box_predictor.cls_score.weight[0])  # background last
