@@ -152,7 +152,7 @@ def test_stride_in_1x1_moves_the_stride() -> None:
 def test_dilation_keeps_res5_at_stride_16(depth: int) -> None:
     model = ResNet(depth=depth, dilation=2).eval()
     assert model.output_shape()["res5"].stride == 16 and model.output_shape()["res4"].stride == 16
-    last_conv = model.layer4[0].conv2 if depth >= 50 else model.layer4[0].conv1
+    last_conv = model.layer4[1].conv2 if depth >= 50 else model.layer4[1].conv1  # torchvision style: block 0 keeps dilation 1
     assert last_conv.dilation == (2, 2) and last_conv.stride == (1, 1)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
