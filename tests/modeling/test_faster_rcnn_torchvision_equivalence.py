@@ -52,7 +52,7 @@ def _randomized_torchvision(v2: bool) -> torch.nn.Module:
                 p.normal_(0, 0.1)
         tv.rpn.head.cls_logits.weight.mul_(20)  # objectness logits spread over a few units
         tv.rpn.head.bbox_pred.weight.mul_(5)
-        tv.roi_heads.box_predictor.cls_score.weight.mul_(0.05)  # unsaturated softmax: no score ties
+        tv.roi_heads.box_predictor.cls_score.weight.mul_(0.05 if v2 else 0.3)  # unsaturated softmax: no ties
         tv.roi_heads.box_predictor.bbox_pred.weight.mul_(20)
     return tv
 
@@ -92,9 +92,9 @@ def _compare(v2: bool) -> None:
         assert ours.shape == theirs.shape and ours.shape[0] >= 30
         dist = (ours[:, None] - theirs[None]).abs().amax(-1)  # as sets: sigmoid ties reorder them
         assert dist.min(1).values.max() <= 1e-3 and dist.min(0).values.max() <= 1e-3
-    total_classes = set()
+    total_classes, num_dets = set(), 0
     for o, a, r, ra in zip(out, alone, ref, ref_alone):
-        assert 3 <= len(r["boxes"]) <= 100
+        assert 1 <= len(r["boxes"]) <= 100
         assert r["scores"].unique().numel() >= 3  # distinct scores: the order is meaningful
         for d, r in ((o, r), (a, ra)):
             assert len(d["boxes"]) == len(r["boxes"])
@@ -102,7 +102,8 @@ def _compare(v2: bool) -> None:
             torch.testing.assert_close(d["scores"], r["scores"], atol=1e-5, rtol=0)
             assert torch.equal(d["labels"] + 1, r["labels"])
         total_classes |= set(r["labels"].tolist())
-    assert len(total_classes) >= 2
+        num_dets += len(r["labels"])
+    assert len(total_classes) >= 2 and num_dets >= 8
 
 
 @pytest.mark.slow
