@@ -193,5 +193,5 @@ def _print_table(r: dict[str, Any]) -> None:
         print(line)
     if "check" in r:
         c = r["check"]
-        print(f"  detections identical: {c['identical']} (counts {c['detections']}, max box diff {c['max_box_diff']:.2e}, "
+        print(f"  detections identical: {c['identical']} (counts {c['detections']}, unmatched {c['unmatched']}, max box diff {c['max_box_diff']:.2e}, "
               f"max score diff {c['max_score_diff']:.2e})")
