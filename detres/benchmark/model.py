@@ -17,6 +17,7 @@ What is measured:
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import sys
 from typing import Any
@@ -45,12 +46,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
-    parser.add_argument("--compare", choices=["torchvision"], default=None,
-                        help="also time torchvision's Faster R-CNN on the same converted weights")
+    parser.add_argument("--compare", choices=["torchvision", "unoptimized"], default=None,
+                        help="also time torchvision's Faster R-CNN on the same converted weights, or the same "
+                             "detres model without optimize_for_inference (before/after)")
     parser.add_argument("--torchvision-version", choices=["auto", "v1", "v2"], default="auto",
                         help="fasterrcnn_resnet50_fpn (v1) or _v2; auto: v2 when the config name says so")
     parser.add_argument("--no-optimize", action="store_true", help="skip optimize_for_inference (BN folding)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC weights (optimize_for_inference)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="NHWC weights in optimize_for_inference (default on; faster with oneDNN on CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and neck")
     parser.add_argument("--amp", action="store_true", help="CUDA: autocast to float16")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,6 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     model, ref, info = _build(args)
     params = sum(p.numel() for p in model.parameters())
+    if args.compare == "unoptimized":
+        ref = copy.deepcopy(model).eval()
+        info["reference"] = "detres unoptimized"
     if not args.no_optimize:
         optimize_for_inference(model, channels_last=args.channels_last, compile=args.compile)
     model.to(device)
@@ -121,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).to(device) for _ in range(max(args.batch, 1))]
     one = images[:1]
     # torchvision wants float 0..1; converted once here so its timing does not include it.
-    ref_images = [im.float() / 255.0 for im in images]
+    ref_images = [im.float() / 255.0 for im in images] if args.compare == "torchvision" else images
     ref_one = ref_images[:1]
 
     def call(m: nn.Module, ims: list[Tensor]) -> Any:
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fns = {"detres": lambda: call(model, one)}
     if ref is not None:
         ref_out = call(ref, ref_one)
-        result["check"] = compare_detections(ours_out, ref_out)
+        result["check"] = compare_detections(ours_out, ref_out, label_offset=int(args.compare == "torchvision"))
         fns["reference"] = lambda: call(ref, ref_one)
     times = time_alternating(fns, args.iters, args.warmup, sync)
     _add(result, "", times)
