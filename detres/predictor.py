@@ -65,7 +65,7 @@ class Predictor:
         self.model = build_model(self.cfg).to(self.device).eval()
         meta: dict[str, Any] = {}
         if weights:
-            report = load_checkpoint(self.model, weights)
+            report = load_checkpoint(self.model, weights, use_ema=True)
             meta = report.meta.get("dataset_meta") or {}
         names = meta.get("class_names") if isinstance(meta, dict) else None
         cfg_names = self.cfg.get("class_names", None)

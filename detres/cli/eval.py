@@ -57,8 +57,12 @@ def _model_mode(args: argparse.Namespace) -> dict[str, Any] | None:
     loader = build_test_loader(cfg, batch_size=args.batch_size, rank=get_rank(), world_size=get_world_size(),
                                dataset=dataset)
     model = detres.build_model(cfg)
-    detres.load_checkpoint(model, args.weights)
-    gt = getattr(dataset, "ann_file", None) or getattr(dataset, "coco", None)
+    # Training evaluates the EMA weights when it keeps them; score the same weights here.
+    report = detres.load_checkpoint(model, args.weights, use_ema=True)
+    print(f"{args.weights}: {report}")
+    from detres.engine.evaluation import dataset_ground_truth
+
+    gt = dataset_ground_truth(dataset) or getattr(dataset, "coco", None)
     if gt is None:
         raise ValueError(f"{type(dataset).__name__} has neither .ann_file nor .coco: COCO evaluation needs COCO GT")
     evaluator = COCOEvaluator(gt, dataset.meta, output_dir=args.output_dir,

@@ -14,11 +14,18 @@ from detres.engine import distributed as du
 
 logger = logging.getLogger("detres.train")
 
-__all__ = ["run_evaluation"]
+__all__ = ["run_evaluation", "dataset_ground_truth"]
 
 
-def _ground_truth(dataset: Any) -> Any:
-    """The val set's COCO ground truth: its json file, or a COCO dict made from its records (VOC, YOLO)."""
+def dataset_ground_truth(dataset: Any) -> Any:
+    """The val set's COCO ground truth, with the image ids the dataset's samples carry.
+
+    The dataset's own pycocotools index comes first (it holds renumbered ids of files with string
+    ids, and VOC / YOLO sets build one); then its json file; then a COCO dict made from its records.
+    """
+    coco = getattr(dataset, "coco", None)
+    if coco is not None and isinstance(getattr(coco, "dataset", None), dict):
+        return coco.dataset
     ann_file = getattr(dataset, "ann_file", None)
     if ann_file and str(ann_file).endswith(".json") and Path(ann_file).is_file():
         return str(ann_file)
@@ -32,7 +39,7 @@ def _build_evaluator(cls: Any, cfg: DictConfig, dataset: Any, output_dir: str | 
     eval_cfg = dict(cfg.get("eval", None) or {})
     kwargs: dict[str, Any] = {"dataset_meta": getattr(dataset, "meta", None), "output_dir": output_dir}
     kwargs.update({k: v for k, v in eval_cfg.items() if k in params and k not in kwargs})
-    return cls(_ground_truth(dataset), **{k: v for k, v in kwargs.items() if k in params})
+    return cls(dataset_ground_truth(dataset), **{k: v for k, v in kwargs.items() if k in params})
 
 
 def run_evaluation(cfg: DictConfig, model: nn.Module, output_dir: str | None = None) -> dict[str, Any]:
@@ -52,3 +59,4 @@ def run_evaluation(cfg: DictConfig, model: nn.Module, output_dir: str | None = N
     evaluator = _build_evaluator(COCOEvaluator, cfg, loader.dataset, output_dir)
     results = inference_on_dataset(model, loader, evaluator)
     return dict(results or {})
+
