@@ -10,6 +10,7 @@ step is the same recipe (256 anchors, 512 proposals per image, frozen stem and r
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,11 +47,11 @@ def _batch(n: int, h: int, w: int, boxes: int, seed: int, device: torch.device) 
     return images, targets
 
 
-def _step_fn(model: nn.Module, images: list[Tensor], targets: list[dict[str, Tensor]]) -> Any:
+def _step_fn(model: nn.Module, images: list[Tensor], targets: list[dict[str, Tensor]]) -> Callable[[], Tensor]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
-    def step() -> float:
+    def step() -> Tensor:
         losses = model(images, targets)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
