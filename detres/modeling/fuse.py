@@ -4,6 +4,8 @@
   so it folds into the conv's weight and bias: w' = w * g / sqrt(v + eps), b' = (b - m) * g /
   sqrt(v + eps) + beta; the norm becomes ``nn.Identity``. Saves one full pass over every feature map.
 - ``channels_last``: NHWC weights let oneDNN (CPU) and cuDNN (GPU) pick their fastest kernels.
+- ``jit_freeze``: backbone + neck traced per input shape, frozen and optimized by TorchScript
+  (oneDNN prepacked convolutions with fused ReLU/add on CPU; ``FrozenDense``).
 - ``compile``: ``torch.compile`` of the backbone and neck (the dense part; the heads have
   data-dependent shapes).
 
@@ -79,8 +81,55 @@ def fold_frozen_bn(model: nn.Module) -> int:
     return count
 
 
+class FrozenDense(nn.Module):
+    """Backbone + neck traced, frozen and ``torch.jit.optimize_for_inference``-d once per input shape
+    (oneDNN prepacked weights, fused conv+ReLU/add on CPU). ``forward`` returns the neck's dict.
+
+    Shapes are cached (at most ``max_shapes``, oldest dropped): each new padded size costs a trace.
+    """
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module | None, max_shapes: int = 8) -> None:
+        super().__init__()
+        self.backbone, self.neck, self.max_shapes = backbone, neck, max_shapes
+        self._cache: dict[tuple[int, ...], torch.jit.ScriptModule] = {}
+        self.size_divisibility = getattr(backbone, "size_divisibility", 0)
+
+    def _dense(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        return self.neck(feats) if self.neck is not None else feats
+
+    def output_shape(self) -> dict:
+        return (self.neck if self.neck is not None else self.backbone).output_shape()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            return self._dense(x)  # traced graphs are for inference only
+        key = (*x.shape, x.dtype, x.device)
+        fn = self._cache.get(key)
+        if fn is None:
+            if len(self._cache) >= self.max_shapes:
+                self._cache.pop(next(iter(self._cache)))
+            with torch.inference_mode(False), torch.no_grad():
+                wrapper = _DenseModule(self.backbone, self.neck).eval()
+                traced = torch.jit.trace(wrapper, x.clone(), strict=False, check_trace=False)
+                fn = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            self._cache[key] = fn
+        return fn(x)
+
+
+class _DenseModule(nn.Module):
+    def __init__(self, backbone: nn.Module, neck: nn.Module | None) -> None:
+        super().__init__()
+        self.backbone, self.neck = backbone, neck
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        return self.neck(feats) if self.neck is not None else feats
+
+
 def optimize_for_inference(
-    model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False, compile: bool = False
+    model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False, compile: bool = False,
+    jit_freeze: bool = False,
 ) -> nn.Module:
     """Eval mode, no gradients, folded norms; optionally NHWC weights and a compiled backbone/neck.
 
@@ -93,6 +142,12 @@ def optimize_for_inference(
         fold_frozen_bn(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if jit_freeze and hasattr(model, "backbone"):
+        # The detectors call ``self.backbone`` then ``self.neck`` (when not None): the frozen graph
+        # takes both places.
+        model.backbone = FrozenDense(model.backbone, getattr(model, "neck", None))
+        if hasattr(model, "neck"):
+            model.neck = None
     if compile:
         for name in ("backbone", "neck"):
             sub = getattr(model, name, None)

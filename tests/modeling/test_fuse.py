@@ -77,3 +77,23 @@ def test_optimized_faster_rcnn_gives_same_detections() -> None:
         d[a["labels"][:, None] != b["labels"][None]] = float("inf")
         matched = d.min(1).values < 1e-3 * float(b["boxes"].abs().max())
         assert float(matched.float().mean()) >= 0.95
+
+
+def test_jit_freeze_features_match_and_cache_per_shape() -> None:
+    torch.manual_seed(0)
+    model = build_model(load_config(R18, ["model.input.min_size_test=128", "model.input.max_size_test=160",
+                                          "model.neck.out_channels=64"])).eval()
+    with torch.no_grad():
+        _random_stats(model)
+    x1, x2 = torch.randn(1, 3, 128, 160), torch.randn(2, 3, 96, 128)
+    with torch.inference_mode():
+        ref1, ref2 = model.features(x1), model.features(x2)
+    optimize_for_inference(model, jit_freeze=True)
+    assert model.neck is None
+    with torch.inference_mode():
+        out1, out2, again = model.features(x1), model.features(x2), model.features(x1)
+    assert len(model.backbone._cache) == 2  # one frozen graph per input shape, reused
+    for ref, out in ((ref1, out1), (ref2, out2), (ref1, again)):
+        assert set(out) == set(ref) == {"p2", "p3", "p4", "p5", "p6"}
+        for k in ref:
+            assert float((out[k] - ref[k]).abs().max() / ref[k].abs().max()) < 1e-4, k
