@@ -30,14 +30,17 @@ def coco_label_to_cat_id(num_classes: int) -> list[int]:
     """COCO category id of each detres label for a COCO-converted model.
 
     80 classes: the contiguous layout (detectron2's, and torchvision's default conversion);
-    90 classes: torchvision's slots 1..90 kept as they are (label i = COCO id i + 1).
+    90 classes: torchvision's slots 1..90 kept as they are (label i = COCO id i + 1);
+    91 classes: official DETR's raw layout (label = COCO id).
     """
+    if num_classes == TORCHVISION_COCO_SLOTS:
+        return list(range(TORCHVISION_COCO_SLOTS))
     if num_classes == len(COCO_CATEGORY_IDS):
         return list(COCO_CATEGORY_IDS)
     if num_classes == TORCHVISION_COCO_SLOTS - 1:
         return list(range(1, TORCHVISION_COCO_SLOTS))
     raise ValueError(
-        f"no COCO category layout for num_classes={num_classes}: use 80 (contiguous) or 90 (torchvision's slots)"
+        f"no COCO category layout for num_classes={num_classes}: use 80 (contiguous), 90 (torchvision's slots) or 91 (raw COCO ids)"
     )
 
 

@@ -23,28 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from detres.checkpoint.coco_layout import COCO_CATEGORY_IDS, coco_label_to_cat_id
 from detres.checkpoint.loader import Converter, register_converter
 
 logger = logging.getLogger(__name__)
 
-#: COCO category ids of the 80 detection classes, in contiguous-label order (label i -> id).
-COCO_CATEGORY_IDS: tuple[int, ...] = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,
-    32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
-    58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87,
-    88, 89, 90,
-)
 NUM_RAW_COCO_SLOTS = 91  # official DETR's num_classes: max COCO id + 1
 
 
-def label_to_coco_id(num_classes: int) -> list[int]:
-    """The COCO category id of each model label: identity for the 91-slot raw layout, the contiguous
-    -> id table for 80 classes. For the evaluator when a converted official DETR is scored on COCO."""
-    if num_classes == NUM_RAW_COCO_SLOTS:
-        return list(range(NUM_RAW_COCO_SLOTS))
-    if num_classes == len(COCO_CATEGORY_IDS):
-        return list(COCO_CATEGORY_IDS)
-    raise ValueError(f"no COCO id layout for num_classes={num_classes}; use 80 (contiguous) or 91 (raw COCO ids)")
+#: The COCO category id of each model label (identity for the 91-slot raw layout, the contiguous table
+#: for 80 classes), for the evaluator when a converted official DETR is scored on COCO.
+label_to_coco_id = coco_label_to_cat_id
 
 
 _PREFIXES = (
