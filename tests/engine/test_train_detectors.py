@@ -13,9 +13,10 @@ from tests.engine.conftest import REPO_ROOT
 
 
 def _cfg(shapes: Path, out: Path, max_iter: int, val: bool = True):
-    return load_config(REPO_ROOT / "configs/examples/shapes_faster_rcnn.yaml", [*([] if val else ["data.val=null"]),
+    val_keys = ([f"data.val.ann_file={shapes}/annotations/instances_val.json", f"data.val.image_root={shapes}/val"]
+                if val else ["data.val=null"])
+    return load_config(REPO_ROOT / "configs/examples/shapes_faster_rcnn.yaml", [*val_keys,
         f"data.train.ann_file={shapes}/annotations/instances_train.json", f"data.train.image_root={shapes}/train",
-        f"data.val.ann_file={shapes}/annotations/instances_val.json", f"data.val.image_root={shapes}/val",
         "data.train_transforms=[{_target_: ResizeShortestEdge, short_edge: [128, 160], max_size: 200}, "
         "{_target_: RandomFlip, prob: 0.5}]", "data.num_workers=0",
         f"train.output_dir={out}", f"train.max_iter={max_iter}", "train.log_period=1", "train.device=cpu",
