@@ -74,14 +74,14 @@ def test_checkpoint_that_does_not_fit_names_the_key(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_overfit_one_batch() -> None:
-    """ResNet-18, ~200-256 px, 2 images: the total loss falls at least 5x within a CPU minute or two."""
+    """ResNet-18, ~200-256 px, 2 images: the total loss falls at least 5x within 200 iterations (~40 normally)."""
     torch.manual_seed(0)
     model = build_from_config("faster_rcnn_r18_fpn_1x_coco", SMALL).train()
     imgs, targets = _batch()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     start, first, last = time.time(), None, None
-    for it in range(400):
+    for it in range(200):
         losses = model(imgs, targets)
         total = sum(losses.values())
         opt.zero_grad()
@@ -90,7 +90,7 @@ def test_overfit_one_batch() -> None:
         opt.step()
         first = first if first is not None else total.item()
         last = total.item()
-        if last < first / 8 or time.time() - start > 170:
+        if last < first / 8:
             break
     print(f"overfit: {first:.3f} -> {last:.3f} in {it + 1} iters, {time.time() - start:.1f}s")
     assert last < first / 5
