@@ -2,6 +2,9 @@
 split into data time and compute time.
 
     tools/benchmark.py train --config C [--iters 20] [--warmup 3] [key=value ...] [--json]
+
+``--compare torchvision`` instead times the bare training step (forward, backward, SGD) on an
+in-memory batch, beside torchvision's Faster R-CNN on the same converted weights (``train_compare``).
 """
 from __future__ import annotations
 
@@ -18,8 +21,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``tools/benchmark.py train``."""
     parser.add_argument("--config", required=True, help="training config")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
-    parser.add_argument("--iters", type=int, default=20, help="timed iterations")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20; 3 with --compare)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3; 1 with --compare)")
+    parser.add_argument("--compare", choices=["torchvision"], default=None,
+                        help="time torchvision's Faster R-CNN training step on the same weights and batch, alternating")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[512, 672], metavar=("H", "W"),
+                        help="with --compare: size of the synthetic in-memory batch")
+    parser.add_argument("--batch", type=int, default=2, help="with --compare: images per step")
+    parser.add_argument("--boxes", type=int, default=8, help="with --compare: ground-truth boxes per image")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
 
 
@@ -29,7 +40,18 @@ def _sync(device: torch.device) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Time ``--iters`` optimizer steps after ``--warmup``; returns medians and means in seconds."""
+    """Time ``--iters`` optimizer steps after ``--warmup``; returns medians and means in seconds.
+    With ``--compare`` the steps run on a synthetic batch beside torchvision's (``train_compare``)."""
+    if args.compare:
+        from detres.benchmark import train_compare
+
+        args.iters = 3 if args.iters is None else args.iters
+        args.warmup = 1 if args.warmup is None else args.warmup
+        return train_compare.run(args)
+    args.iters = 20 if args.iters is None else args.iters
+    args.warmup = 3 if args.warmup is None else args.warmup
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from detres.cli.common import load_config_from_args
     from detres.engine import Trainer
     from detres.engine.logger import memory_mb

@@ -1,6 +1,6 @@
-"""train_compare: seconds per training iteration (forward, backward, SGD step) of a config's model;
-``--compare torchvision`` times torchvision's Faster R-CNN training step on the same converted
-weights and the same batch, alternating in one process, and prints the ratio detres / torchvision.
+"""``tools/benchmark.py train --compare torchvision``: seconds per training iteration (forward,
+backward, SGD step) of a config's model beside torchvision's Faster R-CNN training step on the same
+converted weights and the same batch, alternating in one process, and the ratio detres / torchvision.
 
 The batch is synthetic and in memory (data time is ~0 and not part of the figure); images are given
 at their training size (torchvision's in-model resize is then a no-op scale of 1). The two models
@@ -17,22 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from detres.benchmark.reference import build_torchvision_frcnn, load_reference_weights, summarize, time_alternating
-
-
-def add_args(parser: argparse.ArgumentParser) -> None:
-    """``--config C [k=v ...] --image-size H W --batch N --iters K --compare torchvision``."""
-    from detres.cli.common import add_config_args
-
-    add_config_args(parser)
-    parser.add_argument("--image-size", type=int, nargs=2, default=[512, 672], metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--boxes", type=int, default=8, help="ground-truth boxes per image")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compare", choices=["torchvision"], default=None)
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def _batch(n: int, h: int, w: int, boxes: int, seed: int, device: torch.device) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
@@ -69,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     overrides = list(args.overrides) + (["num_classes=90"] if args.compare else [])
     cfg = load_config_from_args(argparse.Namespace(imports=args.imports, config=args.config, overrides=overrides))
     torch.manual_seed(args.seed)
@@ -107,21 +91,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      f"cpu {result['reference_cpu_s']:.3f}) | ratio wall {result['ratio']:.3f}, cpu {result['cpu_ratio']:.3f}")
         print(line)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m detres.benchmark.train_compare --config C --compare torchvision [--json]``."""
-    import json
-
-    parser = argparse.ArgumentParser(prog="python -m detres.benchmark.train_compare", description=__doc__)
-    parser.add_argument("--json", action="store_true")
-    add_args(parser)
-    args = parser.parse_args(argv)
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, default=float))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,10 @@
 - ``fold_frozen_bn``: a frozen (or eval-mode) BatchNorm after a conv is an affine map per channel,
   so it folds into the conv's weight and bias: w' = w * g / sqrt(v + eps), b' = (b - m) * g /
   sqrt(v + eps) + beta; the norm becomes ``nn.Identity``. Saves one full pass over every feature map.
-- ``channels_last``: NHWC weights let oneDNN (CPU) and cuDNN (GPU) pick their fastest kernels.
+- ``channels_last``: NHWC weights let oneDNN (CPU) and cuDNN (GPU) pick their fastest kernels; 1x1
+  convolutions become ``PointwiseConv2d`` (one GEMM over the NHWC pixels, bias added by the GEMM),
+  because PyTorch sends a single-threaded batch-1 1x1 convolution to its generic im2col path, whose
+  bias broadcast and layout conversions over NHWC tensors cost more than the GEMM itself.
 - ``jit_freeze``: backbone + neck traced per input shape, frozen and optimized by TorchScript
   (oneDNN prepacked convolutions with fused ReLU/add on CPU; ``FrozenDense``).
 - ``compile``: ``torch.compile`` of the backbone and neck (the dense part; the heads have
@@ -17,6 +20,7 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -77,6 +81,36 @@ def fold_frozen_bn(model: nn.Module) -> int:
                 continue
             fold_conv_bn(conv, child)
             setattr(module, name, nn.Identity())
+            count += 1
+    return count
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` (no padding, one group) computed as a GEMM over NHWC pixels.
+
+    Same parameters and state dict as the conv it replaces (``to_pointwise`` swaps the class in
+    place). A channels_last input is viewed as [B, H, W, C] without a copy and the output comes back
+    channels_last; strides subsample the input first, exactly what a strided 1x1 conv reads.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        sh, sw = self.stride
+        pixels = x[:, :, ::sh, ::sw].permute(0, 2, 3, 1)
+        if not pixels.is_contiguous():  # strided or NCHW input: one copy, then a single GEMM
+            pixels = pixels.contiguous()
+        y = F.linear(pixels, self.weight.flatten(1), self.bias)
+        return y.permute(0, 3, 1, 2)
+
+
+def to_pointwise(model: nn.Module) -> int:
+    """Turn every plain 1x1 ``nn.Conv2d`` of ``model`` into a ``PointwiseConv2d`` in place; returns the count."""
+    count = 0
+    for m in model.modules():
+        if (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.padding in ((0, 0), 0) and m.groups == 1
+                and m.padding_mode == "zeros"):
+            m.__class__ = PointwiseConv2d
             count += 1
     return count
 
@@ -142,6 +176,7 @@ def optimize_for_inference(
         fold_frozen_bn(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+        to_pointwise(model)
     if jit_freeze and hasattr(model, "backbone"):
         # The detectors call ``self.backbone`` then ``self.neck`` (when not None): the frozen graph
         # takes both places.

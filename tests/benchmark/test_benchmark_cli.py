@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from detres.benchmark.reference import compare_detections, summarize, time_alternating
+from detres.benchmark.reference import build_torchvision_frcnn, compare_detections, summarize, time_alternating
 from detres.cli.benchmark import main
 from detres.config import load_config
 from detres.modeling.build import build_model
@@ -40,6 +40,18 @@ def test_compare_torchvision_identical(capsys) -> None:
     assert r["check"]["identical"], r["check"]
     assert r["check"]["detections"][0] > 0
     assert r["reference_latency_s"] > 0 and r["ratio"] == pytest.approx(r["latency_s"] / r["reference_latency_s"])
+
+
+def test_train_compare_torchvision(capsys) -> None:
+    r = _run(capsys, ["train", "--json", "--config", TV, "--compare", "torchvision", "--image-size", "128", "160",
+                      "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1"])
+    assert r["iter_s"] > 0 and r["reference_iter_s"] > 0
+    assert r["ratio"] == pytest.approx(r["iter_s"] / r["reference_iter_s"])
+    assert r["cpu_ratio"] == pytest.approx(r["cpu_s"] / r["reference_cpu_s"])
+    # Same recipe: torchvision's trainable_backbone_layers=3 freezes what the config's freeze_at=2 does;
+    # the one difference is torchvision's unused box regressor for the background slot (1024 x 4 + 4).
+    tv = sum(p.numel() for p in build_torchvision_frcnn().parameters() if p.requires_grad)
+    assert r["params_trainable"] == tv - (1024 * 4 + 4)
 
 
 def test_compare_detections_is_order_free() -> None:

@@ -177,3 +177,22 @@ def test_constructor_errors() -> None:
         ResNet(depth=18, out_features=["res5", "res6"])
     with pytest.raises(ValueError, match="freeze_at must be in 0..5"):
         ResNet(depth=18, freeze_at=6)
+
+
+def test_frozen_bn_folding_keeps_forward_hooks_working() -> None:
+    """A frozen BN is folded into its conv's weights, but a hooked conv still runs (and is seen) as a module."""
+    torch.manual_seed(0)
+    model = ResNet(depth=18, norm="frozen_bn", out_features=["res2"]).eval()
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.normal_()
+    x = torch.randn(1, 3, 64, 64)
+    folded = model(x)["res2"]
+    seen = []
+    handle = model.conv1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    hooked = model(x)["res2"]
+    handle.remove()
+    assert seen == [torch.Size([1, 64, 32, 32])]
+    torch.testing.assert_close(hooked, folded, rtol=1e-4, atol=1e-4)

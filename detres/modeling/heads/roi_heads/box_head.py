@@ -42,10 +42,10 @@ class ConvFCHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
-            x = F.relu(conv(x))
+            x = F.relu(conv(x), inplace=True)
         x = x.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)
         return x
 
 

@@ -37,7 +37,7 @@ class RPNHead(nn.Module):
         logits, deltas = [], []
         for x in feats:
             for conv in self.convs:
-                x = F.relu(conv(x))
+                x = F.relu(conv(x), inplace=True)
             logits.append(self.objectness(x))
             deltas.append(self.deltas(x))
         return logits, deltas
