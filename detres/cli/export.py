@@ -1,6 +1,11 @@
 """``detres export --config C [--weights W] --out DIR [--format onnx program] [key=value ...]``: write a
-detector's dense graph as ONNX (opset >= 17) and a ``torch.export`` program, then check both against
-eager PyTorch on the same random inputs (two batch sizes and image sizes) and print the max abs diffs."""
+detector's graphs as ONNX (opset >= 17) and ``torch.export`` programs, then check them against eager
+PyTorch on the same random inputs (two batch sizes and image sizes) and print the max abs diffs.
+
+DETR: one graph (``model.onnx`` / ``model.pt2``). Faster R-CNN: the dense graph (``model.*``: pyramid
+and RPN outputs) and the box stage (``box_stage.*``: pooled features + RoIs -> scores, decoded boxes),
+each checked on its own, then both together (``ExportedFasterRCNN``: the model's eager proposal
+selection and NMS between and after them) against ``model(images)`` detection for detection."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic")
     parser.add_argument("--no-fuse", action="store_true", help="export without folding frozen BN into convs")
-    parser.add_argument("--atol", type=float, default=1e-3, help="parity tolerance on DETR outputs / RPN logits")
+    parser.add_argument("--atol", type=float, default=1e-3,
+                        help="parity tolerance on DETR outputs, RPN logits/deltas and box-stage scores")
+    parser.add_argument("--box-atol", type=float, default=1e-2, help="parity tolerance on box-stage boxes (pixels)")
     args = parser.parse_args(argv)
 
     from detres.checkpoint import load_checkpoint
@@ -49,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, float]] = {}
+    detections: dict[str, dict] = {}
     if "onnx" in args.format:
         path = export_onnx(graph, example, out / "model.onnx", args.opset, dynamic=not args.static)
         report["onnx"] = parity_onnx(graph, path, checks)
@@ -58,14 +66,70 @@ def main(argv: list[str] | None = None) -> int:
         torch.export.save(prog, str(out / "model.pt2"))
         report["program"] = parity_program(graph, prog, checks)
         print(f"wrote {out / 'model.pt2'}")
-    (out / "parity.json").write_text(json.dumps(report, indent=1))
-    worst_all = 0.0
+    if graph.kind == "frcnn":
+        detections = _faster_rcnn_box_stage(model, graph, checks, out, args, report)
+    (out / "parity.json").write_text(json.dumps({**report, **{f"detections_{k}": v for k, v in detections.items()}}, indent=1))
+    # End to end, near-tied detections may swap at the threshold / NMS / top-k cutoff: allow 1%.
+    ok = all(d["unmatched"] <= 0.01 * max(1, sum(d["detections"])) for d in detections.values())
     for fmt, diffs in report.items():
-        worst = max(diffs.values())
         print(f"{fmt} vs eager on {len(checks)} inputs: max abs diff " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-        # Feature maps are unnormalized (large magnitudes): the tolerance applies to the head outputs.
-        heads = [v for k, v in diffs.items() if k.startswith(("pred_", "logits_", "deltas_"))]
-        worst_all = max(worst_all, max(heads) if heads else worst)
-    ok = worst_all <= args.atol
-    print(f"parity {'OK' if ok else 'FAILED'}: max abs diff of head outputs {worst_all:.2e} (atol {args.atol})")
+        # Feature maps are unnormalized (large magnitudes): the tolerances apply to the head outputs.
+        for k, v in diffs.items():
+            tol = args.box_atol if k == "boxes" else args.atol
+            if k.startswith(("pred_", "logits_", "deltas_")) or k in ("scores", "boxes"):
+                if v > tol:
+                    ok = False
+                    print(f"  {fmt} {k}: {v:.2e} > {tol}")
+    print(f"parity {'OK' if ok else 'FAILED'}: head outputs within atol {args.atol}, boxes within {args.box_atol} px")
     return 0 if ok else 1
+
+
+def _faster_rcnn_box_stage(model, graph, checks, out: Path, args: argparse.Namespace, report: dict) -> dict[str, dict]:
+    """Export Faster R-CNN's box stage, add its parity to ``report``, and check both exported graphs
+    end to end (with the model's eager glue, ``ExportedFasterRCNN``) against ``model(images)`` on two
+    random images: per format, ``compare_detections``' result."""
+    from detres.benchmark.reference import compare_detections
+    from detres.export import (
+        BoxGraph,
+        ExportedFasterRCNN,
+        box_stage_inputs,
+        export_box_onnx,
+        export_box_program,
+        onnx_runner,
+        parity_box,
+        program_runner,
+    )
+
+    box = BoxGraph(model).eval()
+    box_checks = [box_stage_inputs(graph, x, num_rois=64 * len(x), seed=i) for i, x in enumerate(checks)]
+    box_example = box_checks[0] if args.static else box_stage_inputs(graph, checks[-1], num_rois=16, seed=9)
+    runners = {}  # end to end needs graphs that take any image size
+    onnx_path = prog = None
+    if "onnx" in args.format:
+        onnx_path = export_box_onnx(box, box_example, out / "box_stage.onnx", args.opset, dynamic=not args.static)
+        runners["onnx"] = ExportedFasterRCNN(
+            model, onnx_runner(out / "model.onnx", ["images"]), onnx_runner(onnx_path, box.input_names)
+        )
+        print(f"wrote {onnx_path}")
+    if "program" in args.format:
+        prog = export_box_program(box, box_example, dynamic=not args.static)
+        torch.export.save(prog, str(out / "box_stage.pt2"))
+        runners["program"] = ExportedFasterRCNN(
+            model, program_runner(torch.export.load(str(out / "model.pt2"))), program_runner(prog)
+        )
+        print(f"wrote {out / 'box_stage.pt2'}")
+    for fmt, diffs in parity_box(box, box_checks, onnx_path, prog).items():
+        report[f"{fmt}_box_stage"] = diffs
+    h, w = args.image_size
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, (3, h, w), generator=g).float(),
+              torch.randint(0, 256, (3, h + 40, w - 24), generator=g).float()]
+    with torch.no_grad():
+        ref = model(images)
+    detections = {}
+    for fmt, run in ({} if args.static else runners).items():
+        cmp = compare_detections(run(images), ref, label_offset=0, atol=args.box_atol, score_atol=args.atol)
+        detections[fmt] = cmp
+        print(f"{fmt} end to end vs model(images): {cmp['detections']} detections, identical {cmp['identical']} "
+              f"(max box diff {cmp['max_box_diff']:.2e} px, max score diff {cmp['max_score_diff']:.2e})")
+    return detections

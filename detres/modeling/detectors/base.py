@@ -137,16 +137,8 @@ class Detector(nn.Module):
 
     def inference(self, images: list[Tensor], pad_policy: str | None = None) -> list[dict[str, Tensor]]:
         """Detections per image; ``per_image`` padding runs same-padded-size groups together."""
-        policy = pad_policy or self.pad_policy_test
-        if policy == "batch_max" or len(images) == 1:
-            groups = [list(range(len(images)))]
-        else:
-            by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for i, im in enumerate(images):
-                by_size[self.padded_size(im)].append(i)
-            groups = list(by_size.values())
         results: list[dict[str, Tensor] | None] = [None] * len(images)
-        for idx in groups:
+        for idx in self.padding_groups(images, pad_policy):
             group = [images[i] for i in idx]
             batch = self.preprocess(group, resize=True)
             raw = self.forward_raw(batch)
@@ -154,6 +146,17 @@ class Detector(nn.Module):
             for i, r in zip(idx, self.postprocess(raw, batch, orig_sizes)):
                 results[i] = r
         return results  # type: ignore[return-value]
+
+    def padding_groups(self, images: list[Tensor], pad_policy: str | None = None) -> list[list[int]]:
+        """Indices of the images that ``inference`` runs as one batch: all of them (``batch_max``) or
+        those of the same padded size (``per_image``, the test-time default)."""
+        policy = pad_policy or self.pad_policy_test
+        if policy == "batch_max" or len(images) == 1:
+            return [list(range(len(images)))]
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, im in enumerate(images):
+            by_size[self.padded_size(im)].append(i)
+        return list(by_size.values())
 
     @staticmethod
     def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:

@@ -147,15 +147,21 @@ class StandardROIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Per image {"boxes" [D, 4] xyxy in input pixels, "scores" [D], "labels" [D] 0..K-1},
         by descending score: softmax, decode, clip, threshold, drop small boxes, per-class NMS, top-k."""
+        probs = F.softmax(logits, dim=-1)[:, : self.num_classes]
+        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(len(probs), -1, 4)
+        return self.select(probs, boxes, [len(p) for p in proposals], image_sizes)
+
+    def select(
+        self, probs: Tensor, boxes_all: Tensor, counts: list[int], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """``inference`` after softmax and decoding: class probabilities [sum N_i, K] and per-class
+        boxes [sum N_i, K or 1, 4] of ``counts[i]`` proposals per image -> detections per image."""
         k = self.num_classes
-        probs = F.softmax(logits, dim=-1)
-        boxes_all = self.box_coder.decode(deltas, torch.cat(proposals))
         results = []
         start = 0
-        for props, size in zip(proposals, image_sizes):
-            n = len(props)
-            scores = probs[start:start + n, :k]
-            boxes = boxes_all[start:start + n].view(n, -1, 4)
+        for n, size in zip(counts, image_sizes):
+            scores = probs[start:start + n]
+            boxes = boxes_all[start:start + n]
             start += n
             if self.cls_agnostic:
                 boxes = boxes.expand(n, k, 4)
