@@ -258,15 +258,9 @@ def parity_box(graph: BoxGraph, inputs: list[tuple[Tensor, ...]], onnx_path: str
     ONNX file (onnxruntime) / exported program, per format, over ``inputs`` (``box_stage_inputs``)."""
     runners: dict[str, Any] = {}
     if onnx_path is not None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, torch.get_num_threads())
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-        runners["onnx"] = lambda *a: sess.run(None, {n: t.numpy() for n, t in zip(graph.input_names, a)})
+        runners["onnx"] = onnx_runner(onnx_path, graph.input_names)
     if program is not None:
-        mod = program.module()
-        runners["program"] = lambda *a: list(mod(*a))
+        runners["program"] = program_runner(program)
     worst: dict[str, dict[str, float]] = {k: {} for k in runners}
     for args in inputs:
         with torch.no_grad():
@@ -295,31 +289,21 @@ def _max_diffs(names: list[str], ref: tuple[Tensor, ...], got: list[Any]) -> dic
     return {n: float((torch.as_tensor(g).float() - r.float()).abs().max()) for n, r, g in zip(names, ref, got)}
 
 
-def parity_onnx(graph: RawGraph, path: str | os.PathLike, inputs: list[Tensor]) -> dict[str, float]:
-    """Max abs difference per output between onnxruntime and eager over ``inputs`` (each [B,3,H,W])."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(1, torch.get_num_threads())
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+def _parity(graph: RawGraph, run: Any, inputs: list[Tensor]) -> dict[str, float]:
     worst: dict[str, float] = {}
     for x in inputs:
         with torch.no_grad():
-            ref = graph(x)
-        got = sess.run(None, {"images": x.numpy()})
+            ref, got = graph(x), run(x)
         for k, v in _max_diffs(graph.output_names, ref, got).items():
             worst[k] = max(worst.get(k, 0.0), v)
     return worst
 
 
+def parity_onnx(graph: RawGraph, path: str | os.PathLike, inputs: list[Tensor]) -> dict[str, float]:
+    """Max abs difference per output between onnxruntime and eager over ``inputs`` (each [B,3,H,W])."""
+    return _parity(graph, onnx_runner(path, ["images"]), inputs)
+
+
 def parity_program(graph: RawGraph, program: Any, inputs: list[Tensor]) -> dict[str, float]:
     """Max abs difference per output between the exported program and eager over ``inputs``."""
-    mod = program.module()
-    worst: dict[str, float] = {}
-    for x in inputs:
-        with torch.no_grad():
-            ref = graph(x)
-            got = mod(x)
-        for k, v in _max_diffs(graph.output_names, ref, list(got)).items():
-            worst[k] = max(worst.get(k, 0.0), v)
-    return worst
+    return _parity(graph, program_runner(program), inputs)
