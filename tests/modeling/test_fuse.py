@@ -1,13 +1,15 @@
-"""optimize_for_inference: folded frozen BN, channels_last; outputs within float tolerance."""
+"""optimize_for_inference: folded frozen BN, channels_last, 1x1 convs as GEMMs; outputs within float tolerance."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detres.config import load_config
 from detres.modeling.build import build_model
-from detres.modeling.fuse import fold_conv_bn, fold_frozen_bn, optimize_for_inference
+from detres.modeling.backbones.norm import conv_norm
+from detres.modeling.fuse import PointwiseConv2d, fold_conv_bn, fold_frozen_bn, optimize_for_inference, to_pointwise
 
 R18 = "configs/faster_rcnn/faster_rcnn_r18_fpn_1x_coco.yaml"
 
@@ -97,3 +99,41 @@ def test_jit_freeze_features_match_and_cache_per_shape() -> None:
         assert set(out) == set(ref) == {"p2", "p3", "p4", "p5", "p6"}
         for k in ref:
             assert float((out[k] - ref[k]).abs().max() / ref[k].abs().max()) < 1e-4, k
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pointwise_conv_equals_conv2d(stride: int, bias: bool, channels_last: bool) -> None:
+    """A 1x1 conv computed as a GEMM over NHWC pixels equals nn.Conv2d, strided or not, NCHW or NHWC input."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 40, 1, stride=stride, bias=bias)
+    model = nn.Sequential(conv, nn.Conv2d(40, 8, 3, padding=1))
+    x = torch.randn(2, 24, 17, 23)
+    expected = model(x)
+    assert to_pointwise(model) == 1 and isinstance(model[0], PointwiseConv2d)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = model[0](x)
+    assert out.shape == (2, 40, -(-17 // stride), -(-23 // stride))
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_norm_gradients_equal_conv_then_frozen_bn() -> None:
+    """Frozen BN applied to the conv's weights gives the same output and weight gradient as after the conv."""
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(8, 16, 3, padding=1), FrozenBatchNorm2d(16)
+    norm.weight.uniform_(0.5, 2.0)
+    norm.bias.normal_()
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 8, 9, 9)
+    ref = norm(conv(x))
+    ref.square().sum().backward()
+    grads = conv.weight.grad.clone(), conv.bias.grad.clone()
+    conv.zero_grad()
+    out = conv_norm(conv, norm, x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, grads[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.bias.grad, grads[1], rtol=1e-4, atol=1e-4)
