@@ -46,6 +46,9 @@ class Predictor:
 
     >>> p = Predictor("configs/examples/shapes_faster_rcnn.yaml", "output/model_final.pth")
     >>> dets = p(["a.jpg", np_image])  # list of {"boxes", "scores", "labels", "class_names"}
+
+    ``optimize`` (default True) runs ``detres.modeling.fuse.optimize_for_inference`` with channels_last
+    once the weights are loaded; ``optimize=False`` keeps the model as built (e.g. to train it further).
     """
 
     def __init__(
@@ -57,8 +60,10 @@ class Predictor:
         device: str | None = None,
         score_thresh: float = 0.0,
         batch_size: int = 4,
+        optimize: bool = True,
     ) -> None:
         from detres import build_model, load_checkpoint, load_config
+        from detres.modeling.fuse import optimize_for_inference
 
         self.cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -72,6 +77,8 @@ class Predictor:
         self.class_names: list[str] | None = list(names or cfg_names or []) or None
         self.score_thresh = score_thresh
         self.batch_size = batch_size
+        if optimize:  # frozen BN folded, NHWC weights, 1x1 convs as GEMMs: same detections, faster
+            optimize_for_inference(self.model, channels_last=True)
 
     @torch.inference_mode()
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[dict[str, Any]]:
