@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
@@ -114,9 +113,7 @@ class BoxGraph(nn.Module):
         else:
             x = pooled[0]
         logits, deltas = heads.box_predictor(heads.box_head(x))
-        scores = F.softmax(logits, dim=-1)[:, : heads.num_classes]
-        boxes = heads.box_coder.decode(deltas, rois[:, 1:]).view(rois.shape[0], -1, 4)
-        return scores, boxes
+        return heads.scores_and_boxes(logits, deltas, rois[:, 1:])
 
     def reference(self, feats: list[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
         """The same outputs through the model's own eager code (``StandardROIHeads.forward``)."""
@@ -125,8 +122,7 @@ class BoxGraph(nn.Module):
         proposals = [rois[rois[:, 0] == i, 1:] for i in range(n_img)]
         order = torch.cat([torch.nonzero(rois[:, 0] == i, as_tuple=True)[0] for i in range(n_img)])
         logits, deltas = heads(dict(zip(self.in_features, feats)), proposals)
-        scores = F.softmax(logits, dim=-1)[:, : heads.num_classes]
-        boxes = heads.box_coder.decode(deltas, rois[order, 1:]).view(len(order), -1, 4)
+        scores, boxes = heads.scores_and_boxes(logits, deltas, rois[order, 1:])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))
         return scores[inverse], boxes[inverse]

@@ -147,9 +147,14 @@ class StandardROIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Per image {"boxes" [D, 4] xyxy in input pixels, "scores" [D], "labels" [D] 0..K-1},
         by descending score: softmax, decode, clip, threshold, drop small boxes, per-class NMS, top-k."""
-        probs = F.softmax(logits, dim=-1)[:, : self.num_classes]
-        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(len(probs), -1, 4)
+        probs, boxes = self.scores_and_boxes(logits, deltas, torch.cat(proposals))
         return self.select(probs, boxes, [len(p) for p in proposals], image_sizes)
+
+    def scores_and_boxes(self, logits: Tensor, deltas: Tensor, proposals: Tensor) -> tuple[Tensor, Tensor]:
+        """Class probabilities [N, K] (softmax, background dropped) and decoded per-class boxes
+        [N, K or 1, 4] of [N, 4] xyxy proposals."""
+        probs = F.softmax(logits, dim=-1)[:, : self.num_classes]
+        return probs, self.box_coder.decode(deltas, proposals).view(probs.shape[0], -1, 4)
 
     def select(
         self, probs: Tensor, boxes_all: Tensor, counts: list[int], image_sizes: list[tuple[int, int]]
