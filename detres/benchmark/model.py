@@ -117,8 +117,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.compare == "unoptimized":
         ref = copy.deepcopy(model).eval()
         info["reference"] = "detres unoptimized"
-    # FlopCounterMode cannot see inside TorchScript graphs: count on an eager copy then.
-    flops_model = copy.deepcopy(model) if args.jit_freeze and not args.no_optimize else model
+    # FlopCounterMode sees neither TorchScript graphs nor the oneDNN ops the optimized model calls
+    # directly: count on the eager model before optimization.
+    flops_model = copy.deepcopy(model) if not args.no_optimize else model
     flops_model.requires_grad_(False)
     if not args.no_optimize:
         optimize_for_inference(model, channels_last=args.channels_last and not args.jit_freeze, compile=args.compile,

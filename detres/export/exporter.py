@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detres.modeling.heads.roi_heads.pooler import assign_levels
 
 
 class RawGraph(nn.Module):
@@ -103,10 +102,7 @@ class BoxGraph(nn.Module):
             for f, scale in zip(feats, pooler.scales)
         ])
         if len(feats) > 1:
-            lv = assign_levels(
-                rois[:, 1:], pooler.min_level, pooler.max_level, pooler.canonical_box_size,
-                pooler.canonical_level, pooler.level_assignment,
-            )
+            lv = pooler.levels(rois)
             levels = torch.arange(len(feats), device=rois.device)
             onehot = (lv[None, :] == levels[:, None]).to(pooled.dtype)
             x = (pooled * onehot[:, :, None, None, None]).sum(0)

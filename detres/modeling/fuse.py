@@ -4,9 +4,10 @@
   so it folds into the conv's weight and bias: w' = w * g / sqrt(v + eps), b' = (b - m) * g /
   sqrt(v + eps) + beta; the norm becomes ``nn.Identity``. Saves one full pass over every feature map.
 - ``channels_last``: NHWC weights let oneDNN (CPU) and cuDNN (GPU) pick their fastest kernels; 1x1
-  convolutions become ``PointwiseConv2d`` (one GEMM over the NHWC pixels, bias added by the GEMM),
-  because PyTorch sends a single-threaded batch-1 1x1 convolution to its generic im2col path, whose
-  bias broadcast and layout conversions over NHWC tensors cost more than the GEMM itself.
+  convolutions become ``PointwiseConv2d`` (oneDNN called directly on CPU, one GEMM over the NHWC
+  pixels elsewhere), because PyTorch sends a single-threaded batch-1 1x1 convolution to its generic
+  im2col path, whose bias broadcast and layout conversions cost more than the GEMM itself; the RoI
+  pooler gathers NHWC pixel rows (``roi_align_rows``) instead of torchvision's NCHW kernel.
 - ``jit_freeze``: backbone + neck traced per input shape, frozen and optimized by TorchScript
   (oneDNN prepacked convolutions with fused ReLU/add on CPU; ``FrozenDense``).
 - ``compile``: ``torch.compile`` of the backbone and neck (the dense part; the heads have
@@ -24,7 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from detres.modeling.heads.roi_heads.pooler import MultiScaleRoIAlign
+
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
+_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.aten, "mkldnn_convolution")
 
 
 def _is_foldable_bn(m: nn.Module) -> bool:
@@ -86,16 +90,22 @@ def fold_frozen_bn(model: nn.Module) -> int:
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """A 1x1 ``nn.Conv2d`` (no padding, one group) computed as a GEMM over NHWC pixels.
+    """A 1x1 ``nn.Conv2d`` (no padding, one group) sent to the fastest kernel for its device.
 
     Same parameters and state dict as the conv it replaces (``to_pointwise`` swaps the class in
-    place). A channels_last input is viewed as [B, H, W, C] without a copy and the output comes back
-    channels_last; strides subsample the input first, exactly what a strided 1x1 conv reads.
+    place). On CPU it calls oneDNN's convolution directly (``F.conv2d`` routes batch-1 1x1 convs to a
+    generic GEMM path instead, 10-50% slower here). Elsewhere, a channels_last input is viewed as
+    [B, H, W, C] without a copy and multiplied in one GEMM; strides subsample the input first,
+    exactly what a strided 1x1 conv reads. Outputs keep the input's memory format.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             return super().forward(x)
+        if x.device.type == "cpu" and _MKLDNN and x.dtype == torch.float32:
+            return torch.ops.aten.mkldnn_convolution(
+                x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), 1
+            )
         sh, sw = self.stride
         pixels = x[:, :, ::sh, ::sw].permute(0, 2, 3, 1)
         if not pixels.is_contiguous():  # strided or NCHW input: one copy, then a single GEMM
@@ -177,6 +187,9 @@ def optimize_for_inference(
     if channels_last:
         model.to(memory_format=torch.channels_last)
         to_pointwise(model)
+        for m in model.modules():
+            if isinstance(m, MultiScaleRoIAlign):
+                m.nhwc = True
     if jit_freeze and hasattr(model, "backbone"):
         # The detectors call ``self.backbone`` then ``self.neck`` (when not None): the frozen graph
         # takes both places.

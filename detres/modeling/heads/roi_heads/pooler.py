@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from detres.modeling.heads.roi_heads.roi_align_rows import roi_align_rows
+
 LEVEL_ASSIGNMENTS = ("detectron2", "torchvision")
 
 
@@ -36,6 +38,9 @@ class MultiScaleRoIAlign(nn.Module):
         sampling_ratio: RoIAlign samples per bin side (0 = adaptive, detectron2; torchvision 2).
         aligned: half-pixel shift (detectron2's ROIAlignV2: True; torchvision: False).
         level_assignment: ``detectron2`` or ``torchvision`` rounding of the level formula.
+
+    ``nhwc = True`` (set by ``optimize_for_inference`` with channels-last) pools with
+    ``roi_align_rows`` and returns the same values as a channels-last [sum N_i, C, R, R] tensor.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.output_size, self.sampling_ratio, self.aligned = output_size, sampling_ratio, aligned
         self.level_assignment = level_assignment
         self.canonical_box_size, self.canonical_level = canonical_box_size, canonical_level
+        self.nhwc = False
 
     def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """feats: per level [B, C, H, W]; boxes: per image [N_i, 4] xyxy -> [sum N_i, C, R, R]."""
@@ -66,15 +72,34 @@ class MultiScaleRoIAlign(nn.Module):
             [torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)], dim=0
         )
         r = self.output_size
+        if self.nhwc:
+            return self._pool_nhwc(feats, rois).permute(0, 3, 1, 2)
         if len(feats) == 1:
             return roi_align(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
-        lv = assign_levels(
-            rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level,
-            self.level_assignment,
-        )
+        lv = self.levels(rois)
         out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], r, r))
         for k, (x, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.nonzero(lv == k, as_tuple=True)[0]
             if idx.numel():
                 out[idx] = roi_align(x, rois[idx], r, scale, self.sampling_ratio, self.aligned).to(out.dtype)
+        return out
+
+    def levels(self, rois: Tensor) -> Tensor:
+        """[N] level index (0 = finest pooled level) of ``rois`` [N, 5] (batch index, xyxy)."""
+        return assign_levels(
+            rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level,
+            self.level_assignment,
+        )
+
+    def _pool_nhwc(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+        """[N, R, R, C] RoIAlign of ``rois`` [N, 5], each from its level."""
+        r, args = self.output_size, (self.sampling_ratio, self.aligned)
+        if len(feats) == 1:
+            return roi_align_rows(feats[0], rois, r, self.scales[0], *args)
+        lv = self.levels(rois)
+        out = feats[0].new_empty((rois.shape[0], r, r, feats[0].shape[1]))
+        for k, (x, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.nonzero(lv == k, as_tuple=True)[0]
+            if idx.numel():
+                out[idx] = roi_align_rows(x, rois[idx], r, scale, *args).to(out.dtype)
         return out

@@ -1,0 +1,63 @@
+"""``roi_align_rows`` (RoIAlign as a weighted gather of NHWC rows) against ``torchvision.ops.roi_align``,
+and the pooler's NHWC mode against its default."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from detres.modeling.heads.roi_heads import MultiScaleRoIAlign
+from detres.modeling.heads.roi_heads.roi_align_rows import roi_align_rows
+
+
+def _rois(n: int, batch: int, size: tuple[int, int], stride: int, g: torch.Generator) -> torch.Tensor:
+    """RoIs in input pixels: some inside, some past every edge, some tiny or degenerate."""
+    h, w = size[0] * stride, size[1] * stride
+    ctr = torch.rand(n, 2, generator=g) * torch.tensor([w * 1.3, h * 1.3]) - torch.tensor([w * 0.15, h * 0.15])
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) * 0.6
+    wh[: n // 8] = 0.3  # smaller than a feature pixel
+    idx = torch.randint(0, batch, (n, 1), generator=g).float()
+    return torch.cat([idx, ctr - wh / 2, ctr + wh / 2], 1)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_equals_torchvision(aligned: bool, sampling_ratio: int, channels_last: bool) -> None:
+    g = torch.Generator().manual_seed(sampling_ratio + 3 * aligned)
+    feats = torch.randn(2, 8, 13, 19, generator=g)
+    if channels_last:
+        feats = feats.contiguous(memory_format=torch.channels_last)
+    rois = _rois(64, 2, (13, 19), 8, g)
+    ref = roi_align(feats, rois, 7, 1 / 8, sampling_ratio, aligned)
+    got = roi_align_rows(feats, rois, 7, 1 / 8, sampling_ratio, aligned)
+    assert got.shape == (64, 7, 7, 8)
+    torch.testing.assert_close(got.permute(0, 3, 1, 2), ref, atol=1e-5, rtol=1e-5)
+    assert ref.abs().sum() > 0
+
+
+def test_empty_and_gradient() -> None:
+    feats = torch.randn(1, 4, 9, 9, requires_grad=True)
+    assert roi_align_rows(feats, torch.zeros(0, 5), 7, 0.25, 2, False).shape == (0, 7, 7, 4)
+    rois = torch.tensor([[0.0, 2.0, 3.0, 20.0, 30.0], [0.0, -5.0, 1.0, 9.0, 40.0]])
+    roi_align_rows(feats, rois, 5, 0.25, 2, True).square().sum().backward()
+    grad = feats.grad.clone()
+    feats.grad = None
+    roi_align(feats, rois, 5, 0.25, 2, True).square().sum().backward()
+    torch.testing.assert_close(grad, feats.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("levels", [1, 4])
+def test_pooler_nhwc_mode_equals_default(levels: int) -> None:
+    g = torch.Generator().manual_seed(levels)
+    strides = [2**k for k in range(2, 2 + levels)]
+    feats = [torch.randn(2, 8, 128 // s, 96 // s, generator=g).contiguous(memory_format=torch.channels_last)
+             for s in strides]
+    boxes = [_rois(40, 1, (32, 24), 4, g)[:, 1:], _rois(25, 1, (32, 24), 4, g)[:, 1:]]
+    pooler = MultiScaleRoIAlign(strides, 7, 2, False, "torchvision")
+    ref = pooler(feats, boxes)
+    pooler.nhwc = True
+    got = pooler(feats, boxes)
+    assert got.shape == ref.shape == (65, 8, 7, 7)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
