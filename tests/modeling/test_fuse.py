@@ -9,7 +9,17 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detres.config import load_config
 from detres.modeling.build import build_model
 from detres.modeling.backbones.norm import conv_norm
-from detres.modeling.fuse import PointwiseConv2d, fold_conv_bn, fold_frozen_bn, optimize_for_inference, to_pointwise
+from detres.modeling.fuse import (
+    OneDNNLinear,
+    PointwiseConv2d,
+    WinogradConv2d,
+    fold_conv_bn,
+    fold_frozen_bn,
+    optimize_for_inference,
+    to_onednn_linear,
+    to_pointwise,
+    to_winograd,
+)
 
 R18 = "configs/faster_rcnn/faster_rcnn_r18_fpn_1x_coco.yaml"
 
@@ -48,7 +58,8 @@ def test_eval_batchnorm_folds_but_training_one_does_not() -> None:
     torch.testing.assert_close(seq(x), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_optimized_faster_rcnn_gives_same_detections() -> None:
+@pytest.mark.parametrize("winograd", [False, True])
+def test_optimized_faster_rcnn_gives_same_detections(winograd: bool) -> None:
     torch.manual_seed(0)
     model = build_model(load_config(R18, ["model.input.min_size_test=160", "model.input.max_size_test=256"])).eval()
     with torch.no_grad():
@@ -60,7 +71,9 @@ def test_optimized_faster_rcnn_gives_same_detections() -> None:
     with torch.inference_mode():
         ref = model(images)
         feats_ref = model.features(model.preprocess(images).tensor)
-    optimize_for_inference(model, channels_last=True)
+    optimize_for_inference(model, channels_last=True, winograd=winograd)
+    assert model.roi_heads.pooler.nhwc and model.roi_heads.box_head.channels_last_flatten
+    assert any(isinstance(m, WinogradConv2d) for m in model.modules()) == (winograd and torch._nnpack_available())
     assert n_bn == 20  # ResNet-18: bn1 + 2 per block x 8 + 3 downsample norms
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     assert not any(p.requires_grad for p in model.parameters())
@@ -137,3 +150,56 @@ def test_conv_norm_gradients_equal_conv_then_frozen_bn() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv.weight.grad, grads[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conv.bias.grad, grads[1], rtol=1e-4, atol=1e-4)
+
+
+NNPACK = pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch build has no NNPACK")
+
+
+@NNPACK
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("keep_nchw", [True, False])
+def test_winograd_conv_equals_conv2d(channels_last: bool, keep_nchw: bool) -> None:
+    """NNPACK's Winograd path agrees with nn.Conv2d to float32 Winograd rounding; output layout as documented."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(128, 64, 3, padding=1), nn.Conv2d(64, 8, 3, stride=2, padding=1),
+                          nn.Conv2d(8, 8, 3, padding=1, bias=False))
+    x = torch.randn(2, 128, 30, 41)
+    with torch.no_grad():
+        ref = model[0](x)
+    assert to_winograd(model) == 2 and type(model[1]) is nn.Conv2d  # strided: left alone
+    model[0].keep_nchw = keep_nchw
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = model[0](x)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (channels_last and not keep_nchw)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+    assert not torch.equal(out, ref)  # Winograd, not the direct convolution
+
+
+@NNPACK
+def test_winograd_conv_falls_back_where_it_does_not_pay_or_cannot_run() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 16, 3, padding=1)
+    small, few = torch.randn(1, 64, 16, 20), torch.randn(1, 64, 40, 40).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        refs = [conv(small), conv(few)]
+    to_winograd(conv)
+    with torch.no_grad():
+        assert torch.equal(conv(small), refs[0])  # 320 pixels < min_pixels
+        assert torch.equal(conv(few), refs[1])  # channels-last with 64 < min_channels: conversions would cost more
+    x = torch.randn(1, 64, 40, 40, requires_grad=True)
+    conv(x).sum().backward()  # autograd: the ordinary convolution (NNPACK's op has no backward here)
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_onednn_linear_equals_linear() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 5, bias=False))
+    x = torch.randn(7, 3, 48)
+    ref = model(x)
+    assert to_onednn_linear(model) in (0, 2)
+    model.requires_grad_(False)
+    torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(x.transpose(0, 1)), ref.transpose(0, 1), rtol=1e-5, atol=1e-5)
+    assert all(type(m) in (OneDNNLinear, nn.ReLU) for m in model) or not torch.backends.mkldnn.is_available()

@@ -54,7 +54,9 @@ def roi_align_rows(
     n = rois.shape[0]
     if n == 0:
         return features.new_zeros((0, r, r, c))
-    table = features.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view when channels-last
+    if not features.is_contiguous(memory_format=torch.channels_last):
+        features = features.contiguous(memory_format=torch.channels_last)
+    table = features.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view of the NHWC data
     rois = rois.to(features.dtype)
     offset = 0.5 if aligned else 0.0
     x1, y1 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
