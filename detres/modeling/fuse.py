@@ -169,7 +169,11 @@ class WinogradConv2d(nn.Conv2d):
         if not nchw and x.shape[1] < self.min_channels:
             return super().forward(x)
         x = x if nchw else _channels_last_to_nchw(x)
-        y = torch._nnpack_spatial_convolution(x, self.weight.contiguous(), self.bias, list(self.padding), [1, 1])
+        w, pad = self.weight.contiguous(), list(self.padding)
+        # One image per call: NNPACK's batch-1 inference path; for B > 1 PyTorch calls its batched
+        # (training) path, 3-4x slower per image here.
+        ys = [torch._nnpack_spatial_convolution(x[i:i + 1], w, self.bias, pad, [1, 1]) for i in range(x.shape[0])]
+        y = ys[0] if len(ys) == 1 else torch.cat(ys)
         return y if nchw or self.keep_nchw else y.contiguous(memory_format=torch.channels_last)
 
 
