@@ -39,7 +39,7 @@ class MultiScaleRoIAlign(nn.Module):
         aligned: half-pixel shift (detectron2's ROIAlignV2: True; torchvision: False).
         level_assignment: ``detectron2`` or ``torchvision`` rounding of the level formula.
 
-    ``nhwc = True`` (set by ``optimize_for_inference`` with channels-last) pools with
+    ``nhwc = True`` (set by ``optimize_for_inference`` with channels-last) pools CPU features with
     ``roi_align_rows`` and returns the same values as a channels-last [sum N_i, C, R, R] tensor.
     """
 
@@ -72,7 +72,7 @@ class MultiScaleRoIAlign(nn.Module):
             [torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)], dim=0
         )
         r = self.output_size
-        if self.nhwc:
+        if self.nhwc and feats[0].device.type == "cpu":  # on GPUs torchvision's kernel is the fast one
             return self._pool_nhwc(feats, rois).permute(0, 3, 1, 2)
         if len(feats) == 1:
             return roi_align(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
