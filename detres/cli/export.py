@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from detres.checkpoint import load_checkpoint
-    from detres.export import export_onnx, export_program, parity_onnx, parity_program, raw_graph
+    from detres.export import export_onnx, export_program, parity_onnx, parity_program, raw_graph, use_export_kernels
     from detres.modeling.build import build_model
     from detres.modeling.fuse import optimize_for_inference
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(load_checkpoint(model, args.weights))
     if not args.no_fuse:
         optimize_for_inference(model)
+    use_export_kernels(model)  # eager pools with the graphs' RoIAlign, so parity is like for like
     graph = raw_graph(model)
     h, w = args.image_size
     if h % 32 or w % 32:

@@ -6,10 +6,9 @@
 - ``channels_last``: NHWC weights let oneDNN (CPU) and cuDNN (GPU) pick their fastest kernels; 1x1
   convolutions become ``PointwiseConv2d`` (oneDNN called directly on CPU, one GEMM over the NHWC
   pixels elsewhere), because PyTorch sends a single-threaded batch-1 1x1 convolution to its generic
-  im2col path, whose bias broadcast and layout conversions cost more than the GEMM itself; the RoI
-  pooler gathers NHWC pixel rows (``roi_align_rows``) instead of torchvision's NCHW kernel, the
-  box head flattens them in that order (its first FC's columns permuted to match), and linear layers
-  call oneDNN on CPU (``OneDNNLinear``).
+  im2col path, whose bias broadcast and layout conversions cost more than the GEMM itself; the box
+  head flattens the (channels-last) pooled features in (R, R, C) order, its first FC's columns
+  permuted to match, and linear layers call oneDNN on CPU (``OneDNNLinear``).
 - ``winograd``: 3x3 stride-1 convs through NNPACK's Winograd F(6x6, 3x3) kernels on CPU
   (``WinogradConv2d``), 2-3x faster than direct convolution at about 1e-5 relative error.
 - ``jit_freeze``: backbone + neck traced per input shape, frozen and optimized by TorchScript
@@ -30,7 +29,6 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detres.modeling.heads.roi_heads.box_head import ConvFCHead
-from detres.modeling.heads.roi_heads.pooler import MultiScaleRoIAlign
 
 _BN_TYPES = (FrozenBatchNorm2d, nn.BatchNorm2d)
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.aten, "mkldnn_convolution")
@@ -306,9 +304,7 @@ def optimize_for_inference(
         to_pointwise(model)
         to_onednn_linear(model)
         for m in model.modules():
-            if isinstance(m, MultiScaleRoIAlign):
-                m.nhwc = True
-            elif isinstance(m, ConvFCHead):
+            if isinstance(m, ConvFCHead):  # the CPU pooler's output is channels-last
                 m.flatten_channels_last()
     if winograd:
         to_winograd(model)

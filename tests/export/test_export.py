@@ -24,6 +24,7 @@ from detres.export import (
     parity_program,
     program_runner,
     raw_graph,
+    use_export_kernels,
 )
 from detres.modeling.build import build_model
 from detres.modeling.heads.roi_heads.pooler import assign_levels
@@ -107,6 +108,7 @@ def test_faster_rcnn_end_to_end_on_exported_graphs(tmp_path) -> None:
         cls.weight.copy_(torch.randn(cls.weight.shape, generator=g) * 0.01)
     # No top-100 cutoff: random scores near 1 tie at the cutoff, where float-level differences swap them.
     model.roi_heads.detections_per_image = 10_000
+    use_export_kernels(model)
     graph, box = raw_graph(model), BoxGraph(model).eval()
     example = torch.randn(2, 3, 128, 192, generator=g)
     box_example = box_stage_inputs(graph, example, num_rois=8)

@@ -72,7 +72,7 @@ def test_optimized_faster_rcnn_gives_same_detections(winograd: bool) -> None:
         ref = model(images)
         feats_ref = model.features(model.preprocess(images).tensor)
     optimize_for_inference(model, channels_last=True, winograd=winograd)
-    assert model.roi_heads.pooler.nhwc and model.roi_heads.box_head.channels_last_flatten
+    assert model.roi_heads.box_head.channels_last_flatten
     assert any(isinstance(m, WinogradConv2d) for m in model.modules()) == (winograd and torch._nnpack_available())
     assert n_bn == 20  # ResNet-18: bn1 + 2 per block x 8 + 3 downsample norms
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())

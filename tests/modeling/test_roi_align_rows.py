@@ -1,5 +1,5 @@
 """``roi_align_rows`` (RoIAlign as a weighted gather of NHWC rows) against ``torchvision.ops.roi_align``,
-and the pooler's NHWC mode against its default."""
+and the pooler's two kernels against each other."""
 from __future__ import annotations
 
 import pytest
@@ -48,16 +48,16 @@ def test_empty_and_gradient() -> None:
 
 
 @pytest.mark.parametrize("levels", [1, 4])
-def test_pooler_nhwc_mode_equals_default(levels: int) -> None:
+def test_pooler_kernels_agree(levels: int) -> None:
+    """The pooler's CPU default (the row gather, channels-last output) equals torchvision's kernel."""
     g = torch.Generator().manual_seed(levels)
     strides = [2**k for k in range(2, 2 + levels)]
-    feats = [torch.randn(2, 8, 128 // s, 96 // s, generator=g).contiguous(memory_format=torch.channels_last)
-             for s in strides]
+    feats = [torch.randn(2, 8, 128 // s, 96 // s, generator=g) for s in strides]
     boxes = [_rois(40, 1, (32, 24), 4, g)[:, 1:], _rois(25, 1, (32, 24), 4, g)[:, 1:]]
     pooler = MultiScaleRoIAlign(strides, 7, 2, False, "torchvision")
-    ref = pooler(feats, boxes)
-    pooler.nhwc = True
     got = pooler(feats, boxes)
+    pooler.kernel = "torchvision"
+    ref = pooler(feats, boxes)
     assert got.shape == ref.shape == (65, 8, 7, 7)
-    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert got.is_contiguous(memory_format=torch.channels_last) and ref.is_contiguous()
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

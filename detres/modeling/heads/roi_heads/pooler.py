@@ -39,8 +39,10 @@ class MultiScaleRoIAlign(nn.Module):
         aligned: half-pixel shift (detectron2's ROIAlignV2: True; torchvision: False).
         level_assignment: ``detectron2`` or ``torchvision`` rounding of the level formula.
 
-    ``nhwc = True`` (set by ``optimize_for_inference`` with channels-last) pools CPU features with
-    ``roi_align_rows`` and returns the same values as a channels-last [sum N_i, C, R, R] tensor.
+    ``kernel``: ``"auto"`` (default) pools CPU features with ``roi_align_rows`` (3-4x faster than
+    torchvision's kernel forward and backward, fastest on channels-last features; the result is a
+    channels-last [sum N_i, C, R, R] tensor) and other devices with ``torchvision.ops.roi_align``;
+    ``"rows"`` / ``"torchvision"`` force one. Both give the same values to float rounding.
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.output_size, self.sampling_ratio, self.aligned = output_size, sampling_ratio, aligned
         self.level_assignment = level_assignment
         self.canonical_box_size, self.canonical_level = canonical_box_size, canonical_level
-        self.nhwc = False
+        self.kernel = "auto"
 
     def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """feats: per level [B, C, H, W]; boxes: per image [N_i, 4] xyxy -> [sum N_i, C, R, R]."""
@@ -72,8 +74,8 @@ class MultiScaleRoIAlign(nn.Module):
             [torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)], dim=0
         )
         r = self.output_size
-        if self.nhwc and feats[0].device.type == "cpu":  # on GPUs torchvision's kernel is the fast one
-            return self._pool_nhwc(feats, rois).permute(0, 3, 1, 2)
+        if self.kernel == "rows" or self.kernel == "auto" and feats[0].device.type == "cpu":
+            return self._pool_rows(feats, rois).permute(0, 3, 1, 2)
         if len(feats) == 1:
             return roi_align(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
         lv = self.levels(rois)
@@ -91,7 +93,7 @@ class MultiScaleRoIAlign(nn.Module):
             self.level_assignment,
         )
 
-    def _pool_nhwc(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+    def _pool_rows(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         """[N, R, R, C] RoIAlign of ``rois`` [N, 5], each from its level."""
         r, args = self.output_size, (self.sampling_ratio, self.aligned)
         if len(feats) == 1:
