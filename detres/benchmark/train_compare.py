@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fns["reference"] = _step_fn(ref, ref_images, ref_targets)
         result["reference"] = "torchvision fasterrcnn_resnet50_fpn"
     model.to(device).train()
+    if cfg.train.get("channels_last", True):  # as the Trainer does
+        model.to(memory_format=torch.channels_last)
     fns["detres"] = _step_fn(model, images, targets)
     result["params_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sync = torch.cuda.synchronize if device.type == "cuda" else None

@@ -106,6 +106,8 @@ class Trainer:
 
             logger.info("%s", load_checkpoint(model, tc["init_weights"]))
         model.to(self.device)
+        if tc["channels_last"]:
+            model.to(memory_format=torch.channels_last)
         if tc["sync_bn"] and self.world_size > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.train()

@@ -95,3 +95,22 @@ def test_metrics_jsonl_fields_and_plot(make_cfg, tmp_path):
 def test_batch_size_must_split_over_accumulation(make_cfg):
     with pytest.raises(ValueError, match="train.batch_size=3"):
         Trainer(make_cfg("bad", batch_size=3, accumulate=2))
+
+
+def test_channels_last_training_matches_nchw(make_cfg):
+    """``train.channels_last`` (default) trains NHWC weights: same losses and updated weights as NCHW
+    to float rounding, and checkpoints that load into a plain model."""
+    results = {}
+    for cl in (True, False):
+        t = Trainer(make_cfg(f"cl{cl}", max_iter=1, channels_last=cl))
+        t._loader = t.build_train_loader()
+        conv = t.model.backbone.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == cl and conv.is_contiguous() != cl
+        stats = t.runner([t._next_batch()], 1)
+        results[cl] = (stats["loss"], {k: v.clone() for k, v in t.model.state_dict().items()})
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-5)
+    for k, v in results[False][1].items():
+        torch.testing.assert_close(results[True][1][k], v, rtol=1e-4, atol=1e-6)
+    fresh = TinyDetector(num_classes=3)
+    fresh.load_state_dict(results[True][1])
+    assert fresh.backbone.conv1.weight.is_contiguous()
