@@ -22,6 +22,8 @@ call it. The model must not be trained afterwards (folded norms no longer exist)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -128,15 +130,21 @@ class PointwiseConv2d(nn.Conv2d):
         return y.permute(0, 3, 1, 2)
 
 
-def to_pointwise(model: nn.Module) -> int:
-    """Turn every plain 1x1 ``nn.Conv2d`` of ``model`` into a ``PointwiseConv2d`` in place; returns the count."""
+def _swap_class(model: nn.Module, base: type[nn.Module], new: type[nn.Module], match: Callable[[Any], bool]) -> int:
+    """Give every module of exact type ``base`` for which ``match`` holds the subclass ``new`` (same
+    parameters, buffers and state dict; only ``forward`` changes); returns the count."""
     count = 0
     for m in model.modules():
-        if (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.padding in ((0, 0), 0) and m.groups == 1
-                and m.padding_mode == "zeros"):
-            m.__class__ = PointwiseConv2d
+        if type(m) is base and match(m):
+            m.__class__ = new
             count += 1
     return count
+
+
+def to_pointwise(model: nn.Module) -> int:
+    """Turn every plain 1x1 ``nn.Conv2d`` of ``model`` into a ``PointwiseConv2d`` in place; returns the count."""
+    return _swap_class(model, nn.Conv2d, PointwiseConv2d, lambda m: (
+        m.kernel_size == (1, 1) and m.padding in ((0, 0), 0) and m.groups == 1 and m.padding_mode == "zeros"))
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -201,13 +209,12 @@ def to_winograd(model: nn.Module) -> int:
     ``WinogradConv2d`` in place; returns the count (0 when NNPACK is not available)."""
     if not _nnpack_ready():
         return 0
-    count = 0
+    count = _swap_class(model, nn.Conv2d, WinogradConv2d, lambda m: (
+        m.kernel_size == (3, 3) and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
+        and m.padding_mode == "zeros" and isinstance(m.padding, tuple)))
     for m in model.modules():
-        if (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.dilation == (1, 1)
-                and m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding, tuple)):
-            m.__class__ = WinogradConv2d
+        if isinstance(m, WinogradConv2d):
             m.weight.data = m.weight.data.contiguous()  # NNPACK reads OIHW
-            count += 1
     return count
 
 
@@ -226,14 +233,7 @@ class OneDNNLinear(nn.Linear):
 
 def to_onednn_linear(model: nn.Module) -> int:
     """Turn every plain ``nn.Linear`` of ``model`` into a ``OneDNNLinear`` in place; returns the count."""
-    if not _ONEDNN_LINEAR:
-        return 0
-    count = 0
-    for m in model.modules():
-        if type(m) is nn.Linear:
-            m.__class__ = OneDNNLinear
-            count += 1
-    return count
+    return _swap_class(model, nn.Linear, OneDNNLinear, lambda m: True) if _ONEDNN_LINEAR else 0
 
 
 class FrozenDense(nn.Module):

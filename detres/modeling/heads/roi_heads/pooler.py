@@ -73,18 +73,19 @@ class MultiScaleRoIAlign(nn.Module):
         rois = torch.cat(
             [torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)], dim=0
         )
-        r = self.output_size
-        if self.kernel == "rows" or self.kernel == "auto" and feats[0].device.type == "cpu":
-            return self._pool_rows(feats, rois).permute(0, 3, 1, 2)
+        r, c = self.output_size, feats[0].shape[1]
+        rows = self.kernel == "rows" or self.kernel == "auto" and feats[0].device.type == "cpu"
+        pool = roi_align_rows if rows else roi_align  # [N, R, R, C] / [N, C, R, R]
         if len(feats) == 1:
-            return roi_align(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
-        lv = self.levels(rois)
-        out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], r, r))
-        for k, (x, scale) in enumerate(zip(feats, self.scales)):
-            idx = torch.nonzero(lv == k, as_tuple=True)[0]
-            if idx.numel():
-                out[idx] = roi_align(x, rois[idx], r, scale, self.sampling_ratio, self.aligned).to(out.dtype)
-        return out
+            out = pool(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
+        else:
+            lv = self.levels(rois)
+            out = feats[0].new_zeros((rois.shape[0], r, r, c) if rows else (rois.shape[0], c, r, r))
+            for k, (x, scale) in enumerate(zip(feats, self.scales)):
+                idx = torch.nonzero(lv == k, as_tuple=True)[0]
+                if idx.numel():
+                    out[idx] = pool(x, rois[idx], r, scale, self.sampling_ratio, self.aligned).to(out.dtype)
+        return out.permute(0, 3, 1, 2) if rows else out
 
     def levels(self, rois: Tensor) -> Tensor:
         """[N] level index (0 = finest pooled level) of ``rois`` [N, 5] (batch index, xyxy)."""
@@ -92,16 +93,3 @@ class MultiScaleRoIAlign(nn.Module):
             rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level,
             self.level_assignment,
         )
-
-    def _pool_rows(self, feats: list[Tensor], rois: Tensor) -> Tensor:
-        """[N, R, R, C] RoIAlign of ``rois`` [N, 5], each from its level."""
-        r, args = self.output_size, (self.sampling_ratio, self.aligned)
-        if len(feats) == 1:
-            return roi_align_rows(feats[0], rois, r, self.scales[0], *args)
-        lv = self.levels(rois)
-        out = feats[0].new_empty((rois.shape[0], r, r, feats[0].shape[1]))
-        for k, (x, scale) in enumerate(zip(feats, self.scales)):
-            idx = torch.nonzero(lv == k, as_tuple=True)[0]
-            if idx.numel():
-                out[idx] = roi_align_rows(x, rois[idx], r, scale, *args).to(out.dtype)
-        return out
