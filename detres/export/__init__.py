@@ -1,24 +1,20 @@
-"""Export detectors to ONNX and ``torch.export`` programs, with a parity check against eager."""
+"""Export a detector's traceable graphs to ONNX and ``torch.export`` programs, run the detector on
+them, and check parity against eager (see ``detres.modeling.detectors.base.GraphSpec``)."""
 from __future__ import annotations
 
+from detres.export.check import export_and_check, random_images, summary_lines
 from detres.export.exporter import (
-    BoxGraph,
-    ExportedFasterRCNN,
-    RawGraph,
-    box_stage_inputs,
-    export_box_onnx,
-    export_box_program,
+    ExportedDetector,
     export_onnx,
     export_program,
+    graph_diffs,
+    load_runners,
     onnx_runner,
-    parity_box,
-    parity_onnx,
-    parity_program,
     program_runner,
-    raw_graph,
-    use_export_kernels,
+    record_graph_inputs,
 )
 
 __all__ = [
-    "BoxGraph", "ExportedFasterRCNN", "RawGraph", "onnx_runner", "program_runner", "box_stage_inputs", "export_box_onnx", "export_box_program", "parity_box",
-    "export_onnx", "export_program", "parity_onnx", "parity_program", "raw_graph", "use_export_kernels"]
+    "ExportedDetector", "export_and_check", "export_onnx", "export_program", "graph_diffs", "load_runners",
+    "onnx_runner", "program_runner", "random_images", "record_graph_inputs", "summary_lines",
+]

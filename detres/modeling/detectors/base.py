@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,43 @@ class InputConfig:
             raise ValueError("model.input.pixel_mean and pixel_std need 3 values each")
 
 
+@dataclass
+class GraphSpec:
+    """A traceable part of a detector's ``forward_raw``: tensors in, a tuple of tensors out.
+
+    ``forward_raw`` runs it through ``Detector.run_graph(name, ...)``, so an exported copy can take
+    its place with no other change to the pipeline (export never re-implements a detector).
+
+    module: the traceable module (no data-dependent shapes inside).
+    input_names / output_names: one name per positional input / output.
+    dynamic_dims: per input name, ``{dim: (symbol, multiple_of)}`` for the dims that may vary
+        (batch, height, width, number of boxes); a symbol shared by inputs is one dimension.
+    checked: the outputs an export parity check holds to a tolerance (None = all); large-magnitude
+        intermediate maps such as pyramid features are reported only.
+    """
+
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_dims: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)
+    checked: list[str] | None = None
+
+
+class TracedCall(nn.Module):
+    """A module whose forward is ``fn(*args, **kwargs)``, a method of ``owner``: what export traces.
+
+    ``owner`` is held as a child so that tracing sees its parameters and buffers.
+    """
+
+    def __init__(self, owner: nn.Module, fn: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__()
+        self.owner = owner
+        self._fn, self._kwargs = fn, kwargs
+
+    def forward(self, *args: Tensor) -> Any:
+        return self._fn(*args, **self._kwargs)
+
+
 def test_resize_scale(h: int, w: int, min_size: int, max_size: int) -> float:
     """Scale that brings the shorter side to ``min_size`` without the longer passing ``max_size``."""
     if min_size <= 0:
@@ -75,6 +114,7 @@ class Detector(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
         self.pad_policy_test = self.input.pad_policy_test
+        self._graph_runners: dict[str, Callable[..., Any]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -164,6 +204,30 @@ class Detector(nn.Module):
         if from_size == to_size:
             return boxes
         return scale_boxes(boxes, to_size[1] / from_size[1], to_size[0] / from_size[0])
+
+    # ----------------------------------------------------------------------------- traceable parts
+    def graphs(self) -> dict[str, GraphSpec]:
+        """The traceable parts of ``forward_raw`` by name, in the order it runs them (what export writes)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no traceable graphs")
+
+    def run_graph(self, name: str, eager: Callable[..., tuple[Tensor, ...]], *args: Tensor) -> tuple[Tensor, ...]:
+        """Run the traceable part ``name`` of ``forward_raw``: ``eager(*args)``, or the replacement set
+        by ``replace_graphs`` (an exported graph, or a recorder)."""
+        runner = self._graph_runners.get(name)
+        return tuple(runner(*args)) if runner is not None else tuple(eager(*args))
+
+    @contextmanager
+    def replace_graphs(self, runners: Mapping[str, Callable[..., Any]]) -> Iterator["Detector"]:
+        """Within the block, ``run_graph(name, ...)`` calls ``runners[name]`` (same inputs, outputs in
+        ``graphs()[name].output_names`` order) instead of the eager code."""
+        unknown = set(runners) - set(self.graphs())
+        if unknown:
+            raise KeyError(f"{type(self).__name__} has no graphs {sorted(unknown)}; it has {list(self.graphs())}")
+        saved, self._graph_runners = self._graph_runners, dict(runners)
+        try:
+            yield self
+        finally:
+            self._graph_runners = saved
 
     # ----------------------------------------------------------------------------- to implement
     def forward_raw(self, batch: ImageBatch) -> dict[str, Any]:

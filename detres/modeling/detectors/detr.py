@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detres.modeling.build import build_backbone_and_neck
-from detres.modeling.detectors.base import Detector, InputConfig
+from detres.modeling.detectors.base import Detector, GraphSpec, InputConfig, TracedCall
 from detres.registry import DETECTORS, instantiate
 from detres.structures import ImageBatch
 from detres.structures.boxes import normalize_boxes, xyxy_to_cxcywh
@@ -51,16 +51,29 @@ class DETR(Detector):
         inp = InputConfig(**input) if isinstance(input, Mapping) else input
         return cls(bb, nk, hd, inp, test_topk)
 
+    def dense(self, x: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, 3, H, W] normalized, pad_mask [B, H, W] bool (True = padding) -> class logits
+        [L, B, Q, K+1] and normalized cxcywh boxes [L, B, Q, 4] of every decoder layer: the whole
+        network, traceable."""
+        feats = self.backbone(x)
+        if self.neck is not None:
+            feats = self.neck(feats)
+        f = feats[self.head.in_feature]
+        # The reference's nearest-mode downsampling of the pixel mask (no align_corners, default scale).
+        mask = F.interpolate(pad_mask[None].float(), size=f.shape[-2:]).bool()[0]
+        return self.head.forward_layers(f, mask)
+
+    def graphs(self) -> dict[str, GraphSpec]:
+        """``dense``: (images, pad_mask) -> every decoder layer's logits and boxes."""
+        dims = {"images": {0: ("batch", 1), 2: ("height", 32), 3: ("width", 32)},
+                "pad_mask": {0: ("batch", 1), 1: ("height", 32), 2: ("width", 32)}}
+        return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], ["layer_logits", "layer_boxes"], dims)}
+
     def forward_raw(self, batch: ImageBatch) -> dict[str, Any]:
         """"pred_logits" [B, Q, K+1], "pred_boxes" [B, Q, 4] normalized cxcywh (relative to each image's
         unpadded size), "aux_outputs" (per earlier decoder layer, when the head has aux_loss)."""
-        feats = self.backbone(batch.tensor)
-        if self.neck is not None:
-            feats = self.neck(feats)
-        x = feats[self.head.in_feature]
-        # The reference's nearest-mode downsampling of the pixel mask (no align_corners, default scale).
-        mask = F.interpolate(batch.pad_mask[None].float(), size=x.shape[-2:]).bool()[0]
-        return self.head(x, mask)
+        logits, boxes = self.run_graph("dense", self.dense, batch.tensor, batch.pad_mask)
+        return self.head.outputs(logits, boxes)
 
     def normalized_targets(self, batch: ImageBatch, targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
         """Targets with "boxes" [N, 4] absolute xyxy in each image's pixels -> normalized cxcywh by its

@@ -103,10 +103,16 @@ class DETRHead(nn.Module):
         Returns "pred_logits" [B, Q, K+1], "pred_boxes" [B, Q, 4] normalized cxcywh (relative to each
         image's unpadded size) and "aux_outputs": such dicts for decoder layers 0..L-2 (when aux_loss).
         """
+        return self.outputs(*self.forward_layers(feature, mask))
+
+    def forward_layers(self, feature: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Class logits [L, B, Q, K+1] and normalized cxcywh boxes [L, B, Q, 4] of every decoder layer."""
         pos = self.position_encoding(mask).to(feature.dtype)
         hs = self.transformer(feature, mask, self.query_embed.weight, pos)[0]  # [L, B, Q, C]
-        logits = self.class_embed(hs)
-        boxes = self.bbox_embed(hs).sigmoid()
+        return self.class_embed(hs), self.bbox_embed(hs).sigmoid()
+
+    def outputs(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
+        """Every layer's [L, B, Q, ...] predictions -> the reference's output dict (last layer, aux)."""
         out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]

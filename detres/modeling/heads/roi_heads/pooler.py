@@ -70,9 +70,11 @@ class MultiScaleRoIAlign(nn.Module):
 
     def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """feats: per level [B, C, H, W]; boxes: per image [N_i, 4] xyxy -> [sum N_i, C, R, R]."""
-        rois = torch.cat(
-            [torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)], dim=0
-        )
+        return self.pool(feats, boxes_to_rois(boxes))
+
+    def pool(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+        """feats: per level [B, C, H, W]; rois: [N, 5] (batch index, xyxy) -> [N, C, R, R]; each RoI
+        from its own level, gathered with ``nonzero`` (data-dependent shapes)."""
         r, c = self.output_size, feats[0].shape[1]
         rows = self.kernel == "rows" or self.kernel == "auto" and feats[0].device.type == "cpu"
         pool = roi_align_rows if rows else roi_align  # [N, R, R, C] / [N, C, R, R]
@@ -87,9 +89,28 @@ class MultiScaleRoIAlign(nn.Module):
                     out[idx] = pool(x, rois[idx], r, scale, self.sampling_ratio, self.aligned).to(out.dtype)
         return out.permute(0, 3, 1, 2) if rows else out
 
+    def pool_static(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+        """``pool`` with shapes that depend only on N (traceable, for export): every RoI is pooled
+        from every level and a one-hot sum over levels keeps its own, the same numbers as ``pool``
+        with torchvision's kernel at L times the RoIAlign work."""
+        r = self.output_size
+        pooled = torch.stack([
+            roi_align(f, rois, r, scale, self.sampling_ratio, self.aligned) for f, scale in zip(feats, self.scales)
+        ])
+        if len(feats) == 1:
+            return pooled[0]
+        levels = torch.arange(len(feats), device=rois.device)
+        onehot = (self.levels(rois)[None, :] == levels[:, None]).to(pooled.dtype)
+        return (pooled * onehot[:, :, None, None, None]).sum(0)
+
     def levels(self, rois: Tensor) -> Tensor:
         """[N] level index (0 = finest pooled level) of ``rois`` [N, 5] (batch index, xyxy)."""
         return assign_levels(
             rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level,
             self.level_assignment,
         )
+
+
+def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+    """Per-image [N_i, 4] xyxy boxes -> [sum N_i, 5] RoIs (batch index, xyxy), in image order."""
+    return torch.cat([torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)], dim=0)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
 from detres.modeling.heads.roi_heads.box_head import BoxPredictor, ConvFCHead
-from detres.modeling.heads.roi_heads.pooler import MultiScaleRoIAlign
+from detres.modeling.heads.roi_heads.pooler import MultiScaleRoIAlign, boxes_to_rois
 from detres.modeling.heads.rpn.box_coder import DEFAULT_SCALE_CLAMP, BoxCoder
 from detres.modeling.heads.rpn.losses import box_regression_loss, crowd_overlap, split_crowd
 from detres.modeling.heads.rpn.matcher import IGNORE, NEGATIVE, Matcher, sample_balanced
@@ -94,7 +94,12 @@ class StandardROIHeads(nn.Module):
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-image proposals [N_i, 4] xyxy -> class logits [sum N_i, K+1], deltas [sum N_i, 4K]."""
-        x = self.pooler([features[f] for f in self.in_features], proposals)
+        return self.forward_rois([features[f] for f in self.in_features], boxes_to_rois(proposals))
+
+    def forward_rois(self, feats: list[Tensor], rois: Tensor, static: bool = False) -> tuple[Tensor, Tensor]:
+        """feats: the ``in_features`` levels; rois [N, 5] (batch index, xyxy) -> class logits [N, K+1],
+        deltas [N, 4K]. ``static`` pools with shapes that depend only on N (traceable, for export)."""
+        x = self.pooler.pool_static(feats, rois) if static else self.pooler.pool(feats, rois)
         return self.box_predictor(self.box_head(x))
 
     # ----------------------------------------------------------------------------- training
