@@ -45,7 +45,7 @@ def _model_mode(args: argparse.Namespace) -> dict[str, Any] | None:
     import detres
     from detres.config import load_config
     from detres.data import build_dataset, build_test_loader
-    from detres.engine.distributed import get_rank, get_world_size, init_from_env
+    from detres.utils.distributed import get_rank, get_world_size, init_from_env
     from detres.evaluation import COCOEvaluator, inference_on_dataset
     from detres.registry import import_modules
 

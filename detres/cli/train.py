@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from detres.cli.common import add_config_args, load_config_from_args
-from detres.engine import distributed as du
+from detres.utils import distributed as du
 
 logger = logging.getLogger("detres.train")
 

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from detres.engine import distributed as du
+from detres.utils import distributed as du
 
 logger = logging.getLogger("detres.train")
 

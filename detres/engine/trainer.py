@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from detres.engine import distributed as du
+from detres.utils import distributed as du
 from detres.engine.checkpointer import Checkpointer, get_rng_state, restore_like, set_rng_state
 from detres.engine.ema import ModelEMA
 from detres.engine.evaluation import run_evaluation
