@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detres.cli.common import add_config_args, load_config_from_args
+from detres.config.args import add_config_args, load_config_from_args
 from detres.utils import distributed as du
 
 logger = logging.getLogger("detres.train")

@@ -1,6 +1,7 @@
 """Export detectors to ONNX and ``torch.export`` programs, with a parity check against eager."""
 from __future__ import annotations
 
+from detres.export.check import ExportReport, export_with_parity, judge_parity
 from detres.export.exporter import (
     BoxGraph,
     ExportedFasterRCNN,
@@ -20,5 +21,6 @@ from detres.export.exporter import (
 )
 
 __all__ = [
+    "ExportReport", "export_with_parity", "judge_parity",
     "BoxGraph", "ExportedFasterRCNN", "RawGraph", "onnx_runner", "program_runner", "box_stage_inputs", "export_box_onnx", "export_box_program", "parity_box",
     "export_onnx", "export_program", "parity_onnx", "parity_program", "raw_graph", "use_export_kernels"]
