@@ -16,7 +16,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 
     ``forward`` maps an image batch [B, 3, H, W] to named feature maps, ``res{k}`` for stride 2^k;
     ``output_shape()`` gives each one's channels and stride, so necks and heads are built from it and
-    no config writes a channel count. ``size_divisibility`` is what ``preprocess`` pads H and W to.
+    no config writes a channel count. ``size_divisibility`` is the multiple that input H and W are
+    padded to.
 
     A user's backbone need not subclass this: ``build_model`` accepts any module with ``forward`` and
     ``output_shape``. ``moved_keys`` maps a constructor argument that was renamed to its new key path
