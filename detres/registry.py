@@ -2,6 +2,10 @@
 
 A config node is a mapping with a ``_target_`` key: a registered short name (``ResNet``) or a dotted
 import path (``torch.optim.AdamW``, ``my_pkg.nets.MyBackbone``).
+
+This module sits at the bottom of the house: it imports none of the packages that register into it.
+Classes register themselves where they are defined (``@BACKBONES.register()``); each package's
+``__init__`` imports its modules, and ``detres/__init__`` imports the packages.
 """
 from __future__ import annotations
 
@@ -79,12 +83,6 @@ TRANSFORMS = Registry("TRANSFORMS")
 ALL_REGISTRIES = [BACKBONES, NECKS, HEADS, DETECTORS, DATASETS, TRANSFORMS]
 
 
-def _ensure_builtin_registrations() -> None:
-    # Registration happens on import; importing the subpackages fills every registry.
-    import detres.data  # noqa: F401
-    import detres.modeling  # noqa: F401
-
-
 def import_modules(modules: Iterable[str]) -> None:
     """Import a user's modules so that their ``@X.register()`` decorators run."""
     for mod in modules:
@@ -104,8 +102,11 @@ def _all_registered() -> dict[str, Any]:
 
 
 def locate(target: str) -> Any:
-    """Resolve a registered short name or a dotted import path to an object."""
-    _ensure_builtin_registrations()
+    """Resolve a registered short name or a dotted import path to an object.
+
+    Built-in names are registered where their classes are defined; ``import detres`` (which runs before
+    this module can be imported) imports every subpackage that registers, so they are all present.
+    """
     registered = _all_registered()
     if target in registered:
         return registered[target]

@@ -21,7 +21,7 @@ def _shrink(cfg) -> list[str]:
     if bb is not None and bb.get("_target_") == "ResNet":
         out += ["model.backbone.depth=18", "model.backbone.weights=null"]
     if bb is not None and bb.get("_target_") == "TimmBackbone":
-        out += ["model.backbone.pretrained_path=null"]
+        out += ["model.backbone.weights=null"]
     return out
 
 

@@ -36,7 +36,7 @@ from detres.benchmark.reference import (
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """``--config C [k=v ...] --image-size H W --batch N --iters K --warmup W --compare torchvision``."""
-    from detres.cli.common import add_config_args
+    from detres.config.args import add_config_args
 
     add_config_args(parser)
     parser.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
@@ -80,7 +80,7 @@ def count_flops(model: nn.Module, images: list[Tensor]) -> float:
 
 
 def _build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
-    from detres.cli.common import load_config_from_args
+    from detres.config.args import load_config_from_args
     from detres.modeling.build import build_model
 
     overrides = list(args.overrides)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.warmup = 3 if args.warmup is None else args.warmup
     if args.threads:
         torch.set_num_threads(args.threads)
-    from detres.cli.common import load_config_from_args
+    from detres.config.args import load_config_from_args
     from detres.engine import Trainer
     from detres.engine.logger import memory_mb
 

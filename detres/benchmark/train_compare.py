@@ -48,7 +48,7 @@ def _step_fn(model: nn.Module, images: list[Tensor], targets: list[dict[str, Ten
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Time training steps (and the reference's); return medians, IQRs and the ratio."""
-    from detres.cli.common import load_config_from_args
+    from detres.config.args import load_config_from_args
     from detres.modeling.build import build_model
 
     if args.threads:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 
-from detres.cli.common import add_config_args
+from detres.config.args import add_config_args
 from detres.predictor import Predictor, read_image_rgb
 from detres.utils.visualize import draw_detections, save_rgb
 

@@ -42,34 +42,15 @@ def _report(metrics: dict[str, Any], max_dets: list[int], output: str | None) ->
 
 
 def _model_mode(args: argparse.Namespace) -> dict[str, Any] | None:
-    import detres
-    from detres.config import load_config
-    from detres.data import build_dataset, build_test_loader
-    from detres.engine.distributed import get_rank, get_world_size, init_from_env
-    from detres.evaluation import COCOEvaluator, inference_on_dataset
-    from detres.registry import import_modules
+    from detres.config.args import load_config_from_args
+    from detres.evaluation import evaluate_checkpoint
+    from detres.utils.distributed import init_from_env
 
-    import_modules(args.imports)
     init_from_env()
-    cfg = load_config(args.config, args.overrides)
-    ev_cfg = cfg.get("eval", {}) or {}
-    dataset = build_dataset(cfg.data.val, cfg.data.get("val_transforms"), is_train=False)
-    loader = build_test_loader(cfg, batch_size=args.batch_size, rank=get_rank(), world_size=get_world_size(),
-                               dataset=dataset)
-    model = detres.build_model(cfg)
-    # Training evaluates the EMA weights when it keeps them; score the same weights here.
-    report = detres.load_checkpoint(model, args.weights, use_ema=True)
-    print(f"{args.weights}: {report}")
-    from detres.engine.evaluation import dataset_ground_truth
-
-    gt = dataset_ground_truth(dataset) or getattr(dataset, "coco", None)
-    if gt is None:
-        raise ValueError(f"{type(dataset).__name__} has neither .ann_file nor .coco: COCO evaluation needs COCO GT")
-    evaluator = COCOEvaluator(gt, dataset.meta, output_dir=args.output_dir,
-                              backend=args.backend or ev_cfg.get("backend", "auto"),
-                              max_dets=args.max_dets or list(ev_cfg.get("max_dets", [1, 10, 100])),
-                              area_ranges=args.area_ranges, pr_curve=args.pr_curve)
-    return inference_on_dataset(model, loader, evaluator, progress=not args.no_progress)
+    cfg = load_config_from_args(args)
+    return evaluate_checkpoint(cfg, args.weights, log=print, batch_size=args.batch_size, output_dir=args.output_dir,
+                               progress=not args.no_progress, backend=args.backend, max_dets=args.max_dets,
+                               area_ranges=args.area_ranges, pr_curve=args.pr_curve or None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from detres.cli.common import add_config_args, load_config_from_args
+from detres.config.args import add_config_args, load_config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

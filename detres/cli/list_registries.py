@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from detres.registry import ALL_REGISTRIES, _ensure_builtin_registrations, import_modules
+from detres.registry import ALL_REGISTRIES, import_modules
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,7 +11,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="detres list", description=__doc__)
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
     args = parser.parse_args(argv)
-    _ensure_builtin_registrations()
     import_modules(args.imports)
     for reg in ALL_REGISTRIES:
         print(f"{reg.name}:")

@@ -5,7 +5,7 @@ import argparse
 
 from omegaconf import OmegaConf
 
-from detres.cli.common import add_config_args, load_config_from_args
+from detres.config.args import add_config_args, load_config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

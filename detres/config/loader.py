@@ -1,6 +1,7 @@
 """``load_config``: YAML + ``_base_`` inheritance + dotlist overrides, validated before any work."""
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detres.config import schema as schema_mod
 from detres.config.validate import ConfigError, accepted_keys, validate_node, validate_schema
-from detres.registry import close_matches, import_modules
+from detres.registry import close_matches, import_modules, instantiate, locate
 
 MAX_BASE_DEPTH = 2
 
@@ -162,14 +163,38 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None)
     return cfg
 
 
+def infer_num_classes(data_cfg: Any) -> tuple[int, list[str]]:
+    """(K, class names) of ``data_cfg.train`` (else ``data_cfg.val``) from its annotation file,
+    without decoding images.
+
+    The dataset class names its classes through a ``read_meta(**node)`` static method (returning an
+    object with ``num_classes`` and ``class_names``); a class without one is built (no transforms) and
+    its ``.meta`` read. The class comes from the registry, so this layer needs no dataset code.
+    """
+    node = _cfg_get(data_cfg, "train") or _cfg_get(data_cfg, "val")
+    if not node:
+        raise ValueError("num_classes: auto needs data.train or data.val to read the classes from.")
+    node = dict(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+    target = locate(node.pop("_target_"))
+    if hasattr(target, "read_meta"):
+        meta = target.read_meta(**node)
+    else:
+        kwargs = {"filter_empty": False} if "filter_empty" in inspect.signature(target).parameters else {}
+        meta = instantiate({"_target_": f"{target.__module__}.{target.__qualname__}", **node},
+                           transforms=None, **kwargs).meta
+    return meta.num_classes, list(meta.class_names)
+
+
+def _cfg_get(cfg: Any, key: str) -> Any:
+    return cfg.get(key, None) if isinstance(cfg, (Mapping, DictConfig)) else getattr(cfg, key, None)
+
+
 def resolve_auto_num_classes(cfg: DictConfig) -> None:
     """``num_classes: auto`` takes the class count (and names) from the dataset's annotation file."""
     if cfg.get("num_classes", None) != "auto":
         return
     if not cfg.get("data", None) or not (cfg.data.get("train", None) or cfg.data.get("val", None)):
         raise ConfigError("num_classes: auto needs data.train or data.val to read the categories from.")
-    from detres.data import infer_num_classes
-
     num, names = infer_num_classes(cfg.data)
     cfg.num_classes = num
     if not cfg.get("class_names", None):

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import BatchSampler, DataLoader
 
+from detres.config.loader import infer_num_classes  # noqa: F401  (re-exported: detres.data's name for it)
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from detres.data.transforms import Compose
 from detres.registry import instantiate, locate
@@ -160,21 +161,6 @@ def build_test_loader(cfg: Any, *, batch_size: int | None = None, rank: int = 0,
     loader = _data_loader(dataset, sampler, min(workers, max(1, math.ceil(len(sampler) / 2))) if workers else 0,
                           bool(_cfg_get(data, "pin_memory", False)))
     return TestLoader(dataset, loader)
-
-
-def infer_num_classes(data_cfg: Any) -> tuple[int, list[str]]:
-    """(K, class names) of ``data_cfg.train`` (else ``data_cfg.val``) from its annotation file,
-    without decoding images."""
-    node = _plain(_cfg_get(data_cfg, "train", None)) or _plain(_cfg_get(data_cfg, "val", None))
-    if not node:
-        raise ValueError("num_classes: auto needs data.train or data.val to read the classes from.")
-    node = dict(node)
-    target = locate(node.pop("_target_"))
-    if hasattr(target, "read_meta"):
-        meta = target.read_meta(**node)
-    else:
-        meta = build_dataset({"_target_": target.__module__ + "." + target.__name__, **node}, None, False).meta
-    return meta.num_classes, list(meta.class_names)
 
 
 __all__ = ["build_dataset", "build_transforms", "build_train_loader", "build_test_loader", "infer_num_classes",

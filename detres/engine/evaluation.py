@@ -1,62 +1,33 @@
-"""The trainer's default evaluation: COCO metrics of a model on ``data.val`` through
-``detres.evaluation`` (each rank runs its shard; the evaluator gathers)."""
+"""``--eval-only`` of a training run: score given weights, or the run's newest checkpoint, on
+``data.val`` with the evaluation path every tool shares (``detres.evaluation.run_evaluation``)."""
 from __future__ import annotations
 
-import inspect
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from torch import nn
 
-from detres.engine import distributed as du
+from detres.engine.checkpointer import Checkpointer
+from detres.engine.trainer import resolve_device
+from detres.evaluation import evaluate_checkpoint
+from detres.utils import distributed as du
 
 logger = logging.getLogger("detres.train")
 
-__all__ = ["run_evaluation", "dataset_ground_truth"]
+__all__ = ["eval_only"]
 
 
-def dataset_ground_truth(dataset: Any) -> Any:
-    """The val set's COCO ground truth, with the image ids the dataset's samples carry.
-
-    The dataset's own pycocotools index comes first (it holds renumbered ids of files with string
-    ids, and VOC / YOLO sets build one); then its json file; then a COCO dict made from its records.
-    """
-    coco = getattr(dataset, "coco", None)
-    if coco is not None and isinstance(getattr(coco, "dataset", None), dict):
-        return coco.dataset
-    ann_file = getattr(dataset, "ann_file", None)
-    if ann_file and str(ann_file).endswith(".json") and Path(ann_file).is_file():
-        return str(ann_file)
-    from detres.data.convert import records_to_coco_dict
-
-    return records_to_coco_dict(dataset.records, dataset.meta, Path("/"))
-
-
-def _build_evaluator(cls: Any, cfg: DictConfig, dataset: Any, output_dir: str | None) -> Any:
-    params = inspect.signature(cls).parameters
-    eval_cfg = dict(cfg.get("eval", None) or {})
-    kwargs: dict[str, Any] = {"dataset_meta": getattr(dataset, "meta", None), "output_dir": output_dir}
-    kwargs.update({k: v for k, v in eval_cfg.items() if k in params and k not in kwargs})
-    return cls(dataset_ground_truth(dataset), **{k: v for k, v in kwargs.items() if k in params})
-
-
-def run_evaluation(cfg: DictConfig, model: nn.Module, output_dir: str | None = None) -> dict[str, Any]:
-    """COCO stats of ``model`` on ``cfg.data.val`` (``{}`` with a warning when there is no validation
-    set or ``detres.evaluation`` lacks its evaluator)."""
-    if not cfg.get("data", None) or not cfg.data.get("val", None):
-        logger.warning("no data.val in the config: evaluation skipped")
-        return {}
-    try:
-        from detres.evaluation import COCOEvaluator, inference_on_dataset
-    except ImportError as e:
-        logger.warning("evaluation skipped: detres.evaluation has no COCOEvaluator/inference_on_dataset (%s)", e)
-        return {}
-    from detres.data import build_test_loader
-
-    loader = build_test_loader(cfg, rank=du.get_rank(), world_size=du.get_world_size())
-    evaluator = _build_evaluator(COCOEvaluator, cfg, loader.dataset, output_dir)
-    results = inference_on_dataset(model, loader, evaluator)
-    return dict(results or {})
-
+def eval_only(cfg: DictConfig, weights: str | None = None) -> dict[str, Any]:
+    """Evaluate ``weights`` (default: ``train.init_weights`` or the run's last checkpoint), EMA weights
+    first, on ``train.device``; rank 0 writes ``train.output_dir/eval_only.json``."""
+    out = Path(cfg.train.output_dir)
+    path = weights or cfg.train.init_weights or Checkpointer(out, save_to_disk=False).latest()
+    if path is None:
+        raise FileNotFoundError(f"--eval-only needs --weights W (no checkpoint in {out}/last_checkpoint)")
+    results = evaluate_checkpoint(cfg, path, device=resolve_device(cfg.train.device), log=logger.info)
+    if du.is_main_process() and results:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_only.json").write_text(json.dumps({"weights": str(path), **results}, indent=1, default=float))
+    return results

@@ -15,9 +15,34 @@ from typing import Any
 
 import torch
 
+from detres.utils import distributed as du
+
 logger = logging.getLogger("detres.train")
 
-__all__ = ["MetricsWriter", "memory_mb", "format_eta"]
+__all__ = ["MetricsWriter", "memory_mb", "format_eta", "setup_logging"]
+
+
+def setup_logging(output_dir: str | None = None) -> None:
+    """INFO on rank 0 (stdout and ``output_dir/log.txt``), warnings only on other ranks."""
+    root = logging.getLogger()
+    main = du.is_main_process()
+    root.setLevel(logging.INFO if main else logging.WARNING)
+    fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s" if main else f"[rank {du.get_rank()}] %(message)s",
+                            "%H:%M:%S")
+    if not any(getattr(h, "_detres", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(fmt)
+        h._detres = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    for old in [h for h in root.handlers if getattr(h, "_detres_file", False)]:  # a previous run in this process
+        root.removeHandler(old)
+        old.close()
+    if main and output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(Path(output_dir) / "log.txt")
+        fh.setFormatter(fmt)
+        fh._detres_file = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
 
 
 def memory_mb(device: torch.device) -> float:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from detres.engine import distributed as du
+from detres.utils import distributed as du
 from detres.engine.ema import ModelEMA, unwrap
 from detres.structures import Sample
 

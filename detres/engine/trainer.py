@@ -29,14 +29,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from detres.engine import distributed as du
 from detres.engine.checkpointer import Checkpointer, get_rng_state, restore_like, set_rng_state
 from detres.engine.ema import ModelEMA
-from detres.engine.evaluation import run_evaluation
 from detres.engine.logger import MetricsWriter
 from detres.engine.optim import build_optimizer
 from detres.engine.schedule import build_lr_scheduler
 from detres.engine.step import StepRunner
+from detres.evaluation import run_evaluation
+from detres.utils import distributed as du
 
 logger = logging.getLogger("detres.train")
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detres.engine.distributed import all_gather_object, is_main_process
+from detres.utils.distributed import all_gather_object, is_main_process
 from detres.evaluation.backends import DEFAULT_AREAS, run_backend
 from detres.evaluation.coco_data import GroundTruth, detections, detections_from_arrays, ground_truth
 from detres.evaluation.summary import per_category, save_outputs, summarize

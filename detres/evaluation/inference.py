@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from detres.engine.distributed import is_main_process
+from detres.utils.distributed import is_main_process
 
 
 def inference_on_dataset(model: torch.nn.Module, loader: Iterable, evaluator: Any, *, progress: bool = True) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detres.benchmark.reference import compare_detections
+from detres.utils.compare import compare_detections
 from detres.export.exporter import (
     ExportedDetector,
     Runner,

@@ -11,16 +11,19 @@ from detres.registry import instantiate
 
 
 def _check_backbone(module: Any, where: str) -> None:
+    # Duck-typed on purpose: a user's backbone need not subclass ``Backbone``.
     missing = [a for a in ("forward", "output_shape") if not callable(getattr(module, a, None))]
     if missing:
         raise TypeError(
             f"{where}: {type(module).__name__} is not a backbone: it lacks {', '.join(missing)}(). A backbone "
-            "returns dict[str, Tensor] from forward and dict[str, ShapeSpec] from output_shape()."
+            "returns dict[str, Tensor] from forward and dict[str, ShapeSpec] from output_shape() "
+            "(subclass detres.modeling.backbones.Backbone to get both declared and size_divisibility)."
         )
 
 
 def build_backbone_and_neck(backbone: Mapping[str, Any], neck: Mapping[str, Any] | None) -> tuple[nn.Module, nn.Module | None]:
-    """Build a backbone node, then the neck node with ``input_shape=backbone.output_shape()``."""
+    """Build a backbone node, then the neck node with ``input_shape=backbone.output_shape()``: the one
+    place where a detector's backbone -> neck composition is written. ``neck`` None: no neck."""
     bb = instantiate(backbone)
     _check_backbone(bb, "model.backbone")
     nk = None

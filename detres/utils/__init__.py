@@ -1,1 +1,1 @@
-"""Small utilities: drawing, image IO."""
+"""Small utilities at the bottom of the house: distributed helpers, drawing, image IO."""

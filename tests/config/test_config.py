@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from detres.cli.common import add_config_args, load_config_from_args
+from detres.config.args import add_config_args, load_config_from_args
 from detres.config import ConfigError, load_config, save_config
 from detres.registry import BACKBONES, instantiate
 

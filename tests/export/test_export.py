@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detres.benchmark.reference import compare_detections
+from detres.utils.compare import compare_detections
 from detres.cli.export import main as export_main
 from detres.config import load_config
 from detres.export import (

@@ -76,7 +76,7 @@ def test_torchvision_resnet_equals_detres_resnet(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ref = torchvision.models.resnet18()
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
-    tvb = TorchvisionBackbone("resnet18", weights_path=str(tmp_path / "r18.pth")).eval()
+    tvb = TorchvisionBackbone("resnet18", weights=str(tmp_path / "r18.pth")).eval()
     det = ResNet(depth=18, norm="bn", weights=str(tmp_path / "r18.pth")).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -134,18 +134,18 @@ def test_weights_from_detection_checkpoint_prefixes(tmp_path: Path, tv_resnet18)
     # a detres detector checkpoint of a TimmBackbone: `backbone.model.` nested prefixes
     timm_sd = timm.create_model("resnet18d").state_dict()
     torch.save({"model": {f"module.backbone.model.{k}": v for k, v in timm_sd.items()}}, tmp_path / "ddp.pth")
-    tb = TimmBackbone("resnet18d", pretrained_path=str(tmp_path / "ddp.pth"))
+    tb = TimmBackbone("resnet18d", weights=str(tmp_path / "ddp.pth"))
     torch.testing.assert_close(tb.model.layer2[0].conv1.weight, timm_sd["layer2.0.conv1.weight"])
 
 
 @pytest.mark.parametrize("name, head", [("resnet18d", ["fc.bias", "fc.weight"]),
                                         ("convnext_atto", ["head.fc.bias", "head.fc.weight", "head.norm.bias",
                                                            "head.norm.weight"])])
-def test_timm_pretrained_path_timm_layout(tmp_path: Path, name: str, head: list[str]) -> None:
+def test_timm_weights_timm_layout(tmp_path: Path, name: str, head: list[str]) -> None:
     torch.manual_seed(1)
     src = timm.create_model(name).state_dict()
     torch.save(src, tmp_path / "w.pth")
-    tb = TimmBackbone(name, pretrained_path=str(tmp_path / "w.pth"))
+    tb = TimmBackbone(name, weights=str(tmp_path / "w.pth"))
     own = tb.model.state_dict()
     loaded = {k: v for k, v in src.items() if k in own or k.replace(".", "_", 1) in own}
     assert len(loaded) == len(own)  # every backbone tensor came from the file

@@ -196,3 +196,22 @@ def test_frozen_bn_folding_keeps_forward_hooks_working() -> None:
     handle.remove()
     assert seen == [torch.Size([1, 64, 32, 32])]
     torch.testing.assert_close(hooked, folded, rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_trains_its_bn_by_default_detection_backbone_stays_frozen() -> None:
+    torch.manual_seed(0)
+    clf = ResNet(depth=18, num_classes=10).train()
+    norms = [m for m in clf.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert len(norms) == 20 and all(type(m) is nn.BatchNorm2d for m in norms)  # stem 1 + 8 blocks x 2 + 3 shortcuts
+    assert all(p.requires_grad for m in norms for p in m.parameters())
+    before = clf.layer3[0].bn1.running_mean.clone()
+    logits = clf(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 10)
+    assert not torch.equal(clf.layer3[0].bn1.running_mean, before)  # statistics update in train mode
+    assert int(clf.bn1.num_batches_tracked) == 1
+
+    det = ResNet(depth=18)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in det.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in det.modules()) == 20
+    # An explicit norm wins in either mode.
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in ResNet(depth=18, num_classes=10, norm="frozen_bn").modules())

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from detres.checkpoint import load_backbone_weights
+from detres.modeling.backbones.base import Backbone
 from detres.modeling.backbones.norm import conv_norm, freeze_module, make_norm, to_frozen_bn
 from detres.registry import BACKBONES
 from detres.structures import ShapeSpec
@@ -76,27 +78,29 @@ class Bottleneck(nn.Module):
 
 
 @BACKBONES.register()
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet backbone / classifier.
 
     Args:
         depth: 18, 34, 50, 101 or 152.
         out_features: stage names to return, from ``res2..res5``.
-        norm: ``bn``, ``frozen_bn``, ``syncbn`` or ``gn``.
+        norm: ``bn``, ``frozen_bn``, ``syncbn`` or ``gn``. Default (None): ``bn`` for a classifier
+            (``num_classes`` set: it trains its BN statistics), ``frozen_bn`` for a detection backbone.
         freeze_at: 0 freezes nothing, 1 the stem, k the stem and stages res2..res_k.
         dilation: dilation of res5 (2 = DC5: res5 keeps stride 16).
         dilation_style: ``torchvision`` (the first res5 block keeps dilation 1, as torchvision's
             ``replace_stride_with_dilation`` and official DETR-DC5) or ``detectron2`` (every res5 block dilated).
         stride_in_1x1: put the stride of bottleneck blocks on the 1x1 conv (detectron2's MSRA weights).
         num_classes: classifier mode: global average pool + ``fc`` with this many outputs.
-        weights: local path of torchvision / timm / detres ResNet weights to load.
+        weights: local path of torchvision / timm / detres ResNet weights, read by
+            ``detres.checkpoint.load_backbone_weights``; nothing is downloaded.
     """
 
     def __init__(
         self,
         depth: int = 50,
         out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
-        norm: str = "frozen_bn",
+        norm: str | None = None,
         freeze_at: int = 0,
         dilation: int = 1,
         stride_in_1x1: bool = False,
@@ -114,6 +118,8 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet dilation must be 1 or 2, got {dilation}")
         if dilation_style not in ("torchvision", "detectron2"):
             raise ValueError(f"ResNet dilation_style must be 'torchvision' or 'detectron2', got {dilation_style!r}")
+        if norm is None:
+            norm = "bn" if num_classes is not None else "frozen_bn"
         block = BasicBlock if depth < 50 else Bottleneck
         self.depth, self.out_features, self.num_classes = depth, list(out_features), num_classes
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -141,8 +147,6 @@ class ResNet(nn.Module):
             self.fc = nn.Linear(cin, num_classes)
         self._init_weights()
         if weights:
-            from detres.checkpoint import load_backbone_weights
-
             load_backbone_weights(self, weights)
         self.freeze(freeze_at)
 
@@ -169,7 +173,7 @@ class ResNet(nn.Module):
 
     @property
     def size_divisibility(self) -> int:
-        """Inputs padded to a multiple of this give exact stride-32 feature maps."""
+        """32: inputs padded to a multiple of it give exact stride-32 maps (also with res5 dilated or not returned)."""
         return 32
 
     def output_shape(self) -> dict[str, ShapeSpec]:

@@ -3,32 +3,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from detres.registry import BACKBONES
+from detres.checkpoint import load_backbone_weights
+from detres.modeling.backbones.base import Backbone
+from detres.registry import BACKBONES, close_matches
 from detres.structures import ShapeSpec
 
 
 @BACKBONES.register()
-class TimmBackbone(nn.Module):
+class TimmBackbone(Backbone):
     """``timm.create_model(name, features_only=True)`` wrapped to the backbone contract.
 
     Args:
         name: a timm model name (``convnext_atto``, ``efficientnet_b0``, ``resnet18d``, ...).
         out_indices: feature levels to return (timm's indices); default: the last four.
-        pretrained_path: local weights file (timm/torchvision layout); nothing is downloaded.
+        weights: local weights file (timm/torchvision layout), read by
+            ``detres.checkpoint.load_backbone_weights``; nothing is downloaded.
         freeze: freeze every parameter (for linear-probe style runs).
         model_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``).
 
     Outputs are named ``res{k}`` by stride 2^k, so FPN configs read the same for every backbone.
     """
 
+    moved_keys: ClassVar[dict[str, str]] = {"pretrained_path": "weights"}
+
     def __init__(
         self,
         name: str,
         out_indices: Sequence[int] | None = None,
-        pretrained_path: str | None = None,
+        weights: str | None = None,
         freeze: bool = False,
         model_kwargs: dict | None = None,
     ) -> None:
@@ -36,8 +42,6 @@ class TimmBackbone(nn.Module):
         import timm
 
         if not timm.is_model(name):  # O(1) lookup; list_models() only to suggest names
-            from detres.registry import close_matches
-
             hint = close_matches(name, timm.list_models())
             raise ValueError(f"timm has no model '{name}'" + (f"; did you mean {', '.join(hint)}?" if hint else ".")
                              + " See timm.list_models() for every name.")
@@ -47,20 +51,14 @@ class TimmBackbone(nn.Module):
         self.model = timm.create_model(
             name, pretrained=False, features_only=True, out_indices=indices, **(model_kwargs or {})
         )
-        if pretrained_path:
-            from detres.checkpoint import load_backbone_weights
-
-            load_backbone_weights(self.model, pretrained_path)
+        if weights:
+            load_backbone_weights(self.model, weights)
         info = self.model.feature_info
         self.names = [f"res{int(math.log2(r))}" for r in info.reduction()]
         self._shapes = {n: ShapeSpec(c, r) for n, c, r in zip(self.names, info.channels(), info.reduction())}
         if freeze:
             for p in self.model.parameters():
                 p.requires_grad_(False)
-
-    @property
-    def size_divisibility(self) -> int:
-        return max(s.stride for s in self._shapes.values())
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         """One ShapeSpec per returned level, read from timm's feature_info."""

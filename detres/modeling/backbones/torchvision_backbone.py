@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from detres.checkpoint import load_backbone_weights
+from detres.modeling.backbones.base import Backbone
 from detres.registry import BACKBONES
 from detres.structures import ShapeSpec
 
@@ -21,24 +24,25 @@ def _feature_trunk(model: nn.Module) -> nn.Module:
 
 
 @BACKBONES.register()
-class TorchvisionBackbone(nn.Module):
+class TorchvisionBackbone(Backbone):
     """A ``torchvision.models`` classifier's trunk, returning the last block of each stride.
 
     Args:
         name: a torchvision model name (``resnet50``, ``mobilenet_v3_large``, ``convnext_tiny``...).
         num_levels: how many of the coarsest strides to return (default 4).
-        weights_path: local torchvision weights for the whole classifier; nothing is downloaded.
+        weights: local torchvision weights for the whole classifier, read by
+            ``detres.checkpoint.load_backbone_weights``; nothing is downloaded.
     """
 
-    def __init__(self, name: str, num_levels: int = 4, weights_path: str | None = None) -> None:
+    moved_keys: ClassVar[dict[str, str]] = {"weights_path": "weights"}
+
+    def __init__(self, name: str, num_levels: int = 4, weights: str | None = None) -> None:
         super().__init__()
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None)
-        if weights_path:
-            from detres.checkpoint import load_backbone_weights
-
-            load_backbone_weights(model, weights_path)
+        if weights:
+            load_backbone_weights(model, weights)
         self.trunk = _feature_trunk(model)
         # Probe: the last child of each stride is that level's output.
         x = torch.zeros(1, 3, 256, 256)
@@ -53,10 +57,6 @@ class TorchvisionBackbone(nn.Module):
         strides = sorted(last_of_stride)[-num_levels:]
         self._taps = {last_of_stride[s][0]: f"res{int(math.log2(s))}" for s in strides}
         self._shapes = {f"res{int(math.log2(s))}": ShapeSpec(last_of_stride[s][1], s) for s in strides}
-
-    @property
-    def size_divisibility(self) -> int:
-        return max(s.stride for s in self._shapes.values())
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         """One ShapeSpec per returned stride."""

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import generalized_box_iou
 
-from detres.engine.distributed import all_reduce_mean
+from detres.utils.distributed import all_reduce_mean
 from detres.modeling.heads.detr.matcher import HungarianMatcher
 from detres.structures.boxes import cxcywh_to_xyxy
 
