@@ -16,7 +16,8 @@ from detres.structures.boxes import cxcywh_to_xyxy, denormalize_boxes
 
 CONFIG = "configs/detr/detr_r50_150e_coco.yaml"
 # The fixture's architecture: 91 raw-COCO-id classes, 2 encoder / 3 decoder layers, FFN 512.
-OVERRIDES = ["num_classes=91", "model.head.enc_layers=2", "model.head.dec_layers=3", "model.head.ffn_dim=512",
+OVERRIDES = ["num_classes=91", "model.head.transformer.num_encoder_layers=2",
+             "model.head.transformer.num_decoder_layers=3", "model.head.transformer.ffn_dim=512",
              "model.input.pad_policy_test=batch_max", "model.input.size_divisibility=1"]
 
 

@@ -30,8 +30,9 @@ pytest.importorskip("onnxruntime")
 
 FRCNN = ("configs/faster_rcnn/faster_rcnn_r18_fpn_1x_coco.yaml", ["model.neck.out_channels=64", "model.input.min_size_test=0"])
 DETR = ("configs/detr/detr_r50_150e_coco.yaml", [
-    "model.backbone.depth=18", "model.head.enc_layers=1", "model.head.dec_layers=2", "model.head.num_queries=12",
-    "model.head.hidden_dim=64", "model.head.ffn_dim=128", "model.neck.out_channels=64", "model.input.min_size_test=0",
+    "model.backbone.depth=18", "model.head.transformer.num_encoder_layers=1",
+    "model.head.transformer.num_decoder_layers=2", "model.head.num_queries=12",
+    "model.head.transformer.ffn_dim=128", "model.neck.out_channels=64", "model.input.min_size_test=0",
 ])
 
 

@@ -12,19 +12,25 @@ import torch
 
 import detres
 from detres.modeling.heads.detr import PositionEmbeddingLearned, PositionEmbeddingSine, Transformer
+from detres.modeling.layers import HungarianMatcher, assign
 from detres.structures import ImageBatch
 
 
-def tiny_detr(num_classes: int = 3, input: dict[str, Any] | None = None, **head: Any) -> torch.nn.Module:
+def tiny_detr(
+    num_classes: int = 3, input: dict[str, Any] | None = None, dropout: float = 0.1, **head: Any
+) -> torch.nn.Module:
     """ResNet-18 + ChannelMapper(64) + a 1-encoder / 2-decoder DETRHead with 10 queries."""
     torch.manual_seed(0)
+    transformer = {"_target_": "Transformer", "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 2,
+                   "ffn_dim": 128, "dropout": dropout}
     node = {
         "_target_": "DETR",
         "input": {"min_size_test": 0, "size_divisibility": 32, **(input or {})},
         "backbone": {"_target_": "ResNet", "depth": 18, "norm": "frozen_bn", "freeze_at": 1, "out_features": ["res5"]},
         "neck": {"_target_": "ChannelMapper", "in_features": ["res5"], "out_channels": 64},
-        "head": {"_target_": "DETRHead", "num_classes": num_classes, "hidden_dim": 64, "nheads": 4, "enc_layers": 1,
-                 "dec_layers": 2, "ffn_dim": 128, "num_queries": 10, **head},
+        "head": {"_target_": "DETRHead", "num_classes": num_classes, "num_queries": 10,
+                 "position_encoding": {"_target_": "PositionEmbeddingSine"}, "transformer": transformer,
+                 "matcher": {"_target_": "HungarianMatcher"}, "criterion": {"_target_": "SetCriterion"}, **head},
     }
     return detres.build_model({"model": node})
 
@@ -48,7 +54,7 @@ def test_forward_raw_shapes_and_ranges() -> None:
 
 
 def test_sine_position_encoding() -> None:
-    pe = PositionEmbeddingSine(8, normalize=True)
+    pe = PositionEmbeddingSine(num_pos_feats=8, normalize=True)
     mask = torch.zeros(1, 3, 5, dtype=torch.bool)
     pos = pe(mask)
     assert pos.shape == (1, 16, 3, 5)
@@ -63,7 +69,7 @@ def test_sine_position_encoding() -> None:
 
 
 def test_learned_position_encoding() -> None:
-    pe = PositionEmbeddingLearned(8, max_size=10)
+    pe = PositionEmbeddingLearned(num_pos_feats=8, max_size=10)
     pos = pe(torch.zeros(2, 3, 4, dtype=torch.bool))
     assert pos.shape == (2, 16, 3, 4)
     torch.testing.assert_close(pos[0, :8, 1, 2], pe.col_embed.weight[2])
@@ -75,7 +81,8 @@ def test_learned_position_encoding() -> None:
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_transformer_ignores_padded_content(pre_norm: bool) -> None:
     torch.manual_seed(0)
-    tr = Transformer(32, 4, 2, 3, 64, 0.0, "relu", pre_norm).eval()
+    tr = Transformer(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=3, ffn_dim=64, dropout=0.0,
+                     pre_norm=pre_norm).eval()
     assert (tr.encoder.norm is not None) == pre_norm
     src, pos = torch.randn(2, 32, 4, 5), torch.randn(2, 32, 4, 5)
     mask = torch.zeros(2, 4, 5, dtype=torch.bool)
@@ -228,10 +235,101 @@ def test_configs_load_with_the_official_recipe() -> None:
 
 def test_config_model_node_builds_shrunk() -> None:
     cfg = detres.load_config(CONFIGS / "detr_r50_dc5_500e_coco.yaml", overrides=[
-        "model.backbone.depth=18", "model.head.enc_layers=1", "model.head.dec_layers=1", "model.head.ffn_dim=64",
-        "model.head.hidden_dim=64", "model.neck.out_channels=64", "model.head.num_queries=5"])
+        "model.backbone.depth=18", "model.head.transformer.num_encoder_layers=1",
+        "model.head.transformer.num_decoder_layers=1", "model.head.transformer.ffn_dim=64",
+        "model.neck.out_channels=64", "model.head.num_queries=5"])
     model = detres.build_model(cfg).eval()
     with torch.no_grad():
         raw = model.forward_raw(model.preprocess(_images((64, 96)), resize=False))
     assert raw["pred_logits"].shape == (1, 5, 81)
     assert model.neck.output_shape()["p4"].stride == 16  # DC5: res5 at stride 16
+
+
+def test_nested_nodes_set_depth_and_matcher_costs() -> None:
+    # Transformer depth, matcher costs and loss weights are keys of the head's child nodes.
+    cfg = detres.load_config(CONFIGS / "detr_r50_150e_coco.yaml", overrides=[
+        "num_classes=3", "model.backbone.depth=18", "model.neck.out_channels=64", "model.head.num_queries=8",
+        "model.head.transformer.nhead=4", "model.head.transformer.num_encoder_layers=1",
+        "model.head.transformer.num_decoder_layers=3", "model.head.transformer.ffn_dim=64",
+        "model.head.transformer.dropout=0.0", "model.head.matcher.cost_giou=1.0", "model.head.criterion.eos_coef=0.2"])
+    torch.manual_seed(0)
+    model = detres.build_model(cfg)
+    head = model.head
+    assert len(head.transformer.encoder.layers) == 1 and len(head.transformer.decoder.layers) == 3
+    # The width follows the neck: d_model and the position encoding's num_pos_feats are passed down.
+    assert head.transformer.d_model == 64 and head.position_encoding.num_pos_feats == 32
+    matcher = head.criterion.matcher
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou) == (1.0, 5.0, 1.0)
+    assert head.criterion.num_classes == 3 and head.criterion.empty_weight.tolist() == pytest.approx([1, 1, 1, 0.2])
+    assert head.class_embed.out_features == 4 and head.query_embed.weight.shape == (8, 64)
+
+    model.train()
+    images = _images((96, 128), (80, 112))
+    batch = model.preprocess(images, resize=False)
+    raw = model.forward_raw(batch)
+    assert len(raw["aux_outputs"]) == 2 and raw["aux_outputs"][1]["pred_boxes"].shape == (2, 8, 4)
+    targets = model.normalized_targets(batch, _targets())
+    # The criterion matches with the configured costs, not DETR's defaults (GIoU 2).
+    args = (raw["pred_logits"][0].detach(), raw["pred_boxes"][0].detach(), targets[0]["labels"], targets[0]["boxes"])
+    cost = matcher.cost_matrix(*args)
+    torch.testing.assert_close(cost, HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=1.0).cost_matrix(*args))
+    assert not torch.allclose(cost, HungarianMatcher().cost_matrix(*args))
+    rows, cols = head.criterion.matcher(raw, targets)[0]
+    expected_rows, expected_cols = assign(cost)
+    assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
+    losses = model(images, _targets())
+    expected = {f"loss_{k}{s}" for k in ("ce", "bbox", "giou") for s in ("", "_0", "_1")}
+    assert {k for k in losses if k.startswith("loss")} == expected
+    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.head.transformer.decoder.layers[2].linear1.weight.grad.abs().sum() > 0
+
+
+def test_learned_position_encoding_node_keeps_checkpoint_names() -> None:
+    model = tiny_detr(position_encoding={"_target_": "PositionEmbeddingLearned", "max_size": 20})
+    keys = set(model.state_dict())
+    # detres/checkpoint/detr.py maps the reference's backbone.1.{row,col}_embed.weight here.
+    assert {"head.position_encoding.row_embed.weight", "head.position_encoding.col_embed.weight"} <= keys
+    assert model.head.position_encoding.row_embed.weight.shape == (20, 32)
+    model.eval()
+    with torch.no_grad():
+        raw = model.forward_raw(model.preprocess(_images((96, 128))))
+    assert raw["pred_logits"].shape == (1, 10, 4)
+
+
+def test_state_dict_names_are_the_reference_layout() -> None:
+    keys = set(tiny_detr().state_dict())
+    for name in ("head.query_embed.weight", "head.class_embed.weight", "head.class_embed.bias",
+                 "head.bbox_embed.layers.0.weight", "head.bbox_embed.layers.2.bias",
+                 "head.transformer.encoder.layers.0.self_attn.in_proj_weight",
+                 "head.transformer.decoder.layers.1.multihead_attn.out_proj.weight", "head.transformer.decoder.norm.bias"):
+        assert name in keys, name
+    # The matcher and criterion hold no tensors of their own in checkpoints.
+    assert not any(k.startswith("head.criterion") for k in keys)
+
+
+def test_child_keys_the_head_passes_down_are_checked() -> None:
+    bad_width = {"_target_": "Transformer", "d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 1}
+    with pytest.raises(ValueError, match=r"DETRHead.transformer.d_model is 32 but the head passes 64.*out_channels"):
+        tiny_detr(transformer=bad_width)
+    with pytest.raises(ValueError, match=r"DETRHead.criterion.num_classes is 7 but the head passes 3"):
+        tiny_detr(criterion={"_target_": "SetCriterion", "num_classes": 7})
+    with pytest.raises(ValueError, match="model.head.matcher"):
+        tiny_detr(criterion={"_target_": "SetCriterion", "matcher": {"_target_": "HungarianMatcher"}})
+    with pytest.raises(TypeError, match=r"DETRHead.position_encoding must be a node"):
+        tiny_detr(position_encoding="sine")
+
+
+def test_moved_keys_point_at_real_keys() -> None:
+    # Every flat key of the former head names a key that the child node's class accepts.
+    from detres.config.validate import accepted_keys
+    from detres.modeling.heads.detr import DETRHead
+
+    base = detres.load_config(CONFIGS / "detr_r50_150e_coco.yaml").model.head
+    head_keys = set(accepted_keys("DETRHead"))
+    assert len(DETRHead.moved_keys) == 15
+    for old, new in DETRHead.moved_keys.items():
+        child, key = new.split(".")
+        assert old not in head_keys and child in head_keys, old
+        assert key in accepted_keys(base[child]["_target_"]), new

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 from torchvision.ops import generalized_box_iou
 
 from detres.utils.distributed import all_reduce_mean
-from detres.modeling.heads.detr.matcher import HungarianMatcher
+from detres.modeling.layers.hungarian_matcher import HungarianMatcher
+from detres.registry import LAYERS
 from detres.structures.boxes import cxcywh_to_xyxy
 
 
@@ -24,12 +25,14 @@ def _src_index(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return batch, torch.cat([src for src, _ in indices])
 
 
+@LAYERS.register()
 class SetCriterion(nn.Module):
     """Matching + losses. ``forward`` returns the UNweighted terms; ``weight_dict`` holds the weights.
 
     Args:
-        num_classes: K; logits have K+1 columns, the last one is no-object.
-        matcher: the Hungarian matcher.
+        num_classes: K; logits have K+1 columns, the last one is no-object (``DETRHead`` passes its own).
+        matcher: the Hungarian matcher (``DETRHead`` passes its ``matcher`` node's); None: DETR's
+            default costs (class 1, L1 5, GIoU 2).
         eos_coef: relative weight of the no-object class in the cross-entropy.
         ce_loss_coef / bbox_loss_coef / giou_loss_coef: weights of ``loss_ce``, ``loss_bbox``, ``loss_giou``
             (and of their ``_i`` auxiliary copies).
@@ -37,8 +40,9 @@ class SetCriterion(nn.Module):
 
     def __init__(
         self,
+        *,
         num_classes: int,
-        matcher: HungarianMatcher,
+        matcher: HungarianMatcher | None = None,
         eos_coef: float = 0.1,
         ce_loss_coef: float = 1.0,
         bbox_loss_coef: float = 5.0,
@@ -46,7 +50,7 @@ class SetCriterion(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.matcher = matcher
+        self.matcher = HungarianMatcher() if matcher is None else matcher
         self.eos_coef = eos_coef
         self.weights = {"loss_ce": ce_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
         empty_weight = torch.ones(num_classes + 1)

@@ -1,101 +1,134 @@
 """DETRHead: transformer + learned queries + class and box predictors (Carion et al. 2020, Sec. 3.2)."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from detres.modeling.heads.detr.criterion import SetCriterion
-from detres.modeling.heads.detr.matcher import HungarianMatcher
-from detres.modeling.heads.detr.position_encoding import build_position_encoding
 from detres.modeling.heads.detr.transformer import Transformer
-from detres.registry import HEADS
+from detres.modeling.layers.mlp import MLP
+from detres.registry import HEADS, instantiate
 from detres.structures import ShapeSpec
 from detres.structures.boxes import cxcywh_to_xyxy, denormalize_boxes
 
+_FOLLOWS = {
+    "d_model": "the neck's out_channels: ChannelMapper is DETR's input_proj",
+    "num_pos_feats": "half of transformer.d_model",
+    "num_classes": "model.head.num_classes",
+}
 
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between them (DETR's box FFN)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        outs = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """[..., input_dim] -> [..., output_dim]."""
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
-        return x
+def _child(node: Mapping[str, Any], where: str, key: str, value: Any) -> dict[str, Any]:
+    """``node`` with ``key`` passed down from the head: set when absent, checked when written."""
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise TypeError(f"DETRHead.{where} must be a node with a _target_ (e.g. {{_target_: ...}}), got {node!r}")
+    out = dict(node)
+    if key in out and out[key] != value:
+        raise ValueError(
+            f"DETRHead.{where}.{key} is {out[key]} but the head passes {value}; remove the key (the head "
+            f"sets it) or change what it follows ({_FOLLOWS[key]})"
+        )
+    out[key] = value
+    return out
 
 
 @HEADS.register()
 class DETRHead(nn.Module):
-    """DETR's prediction head over one feature map of width ``hidden_dim`` (the neck's output).
+    """DETR's prediction head over one feature map of width ``transformer.d_model`` (the neck's output).
 
     Args:
-        input_shape: the neck's ``output_shape()`` (injected); ``in_feature`` picks the level (default:
-            the only / last one). Its channels must equal ``hidden_dim``.
+        in_feature: the neck output it reads.
         num_classes: K; the class head has K+1 outputs, the last one is no-object.
-        hidden_dim, nheads, enc_layers, dec_layers, ffn_dim, dropout, pre_norm, activation: transformer.
+        position_encoding: [B, H, W] mask -> [B, d_model, H, W] positions (``PositionEmbeddingSine`` /
+            ``PositionEmbeddingLearned``).
+        transformer: the encoder-decoder (``Transformer``); its ``d_model`` is the head's width.
+        criterion: the set criterion (``SetCriterion``), holding the Hungarian matcher.
         num_queries: number of learned object queries.
         aux_loss: also predict (and supervise) from every intermediate decoder layer.
-        position_encoding: ``sine`` or ``learned``.
-        cost_class / cost_bbox / cost_giou: Hungarian matching costs.
-        ce_loss_coef / bbox_loss_coef / giou_loss_coef / eos_coef: loss weights.
     """
+
+    #: Flat keys of the former DETRHead -> their place under the head node now.
+    moved_keys: ClassVar[dict[str, str]] = {
+        "hidden_dim": "transformer.d_model",
+        "nheads": "transformer.nhead",
+        "enc_layers": "transformer.num_encoder_layers",
+        "dec_layers": "transformer.num_decoder_layers",
+        "ffn_dim": "transformer.ffn_dim",
+        "dropout": "transformer.dropout",
+        "pre_norm": "transformer.pre_norm",
+        "activation": "transformer.activation",
+        "cost_class": "matcher.cost_class",
+        "cost_bbox": "matcher.cost_bbox",
+        "cost_giou": "matcher.cost_giou",
+        "ce_loss_coef": "criterion.ce_loss_coef",
+        "bbox_loss_coef": "criterion.bbox_loss_coef",
+        "giou_loss_coef": "criterion.giou_loss_coef",
+        "eos_coef": "criterion.eos_coef",
+    }
 
     def __init__(
         self,
-        input_shape: dict[str, ShapeSpec],
-        num_classes: int,
         *,
-        hidden_dim: int = 256,
-        nheads: int = 8,
-        enc_layers: int = 6,
-        dec_layers: int = 6,
-        ffn_dim: int = 2048,
-        dropout: float = 0.1,
+        in_feature: str,
+        num_classes: int,
+        position_encoding: nn.Module,
+        transformer: Transformer,
+        criterion: SetCriterion,
         num_queries: int = 100,
-        pre_norm: bool = False,
         aux_loss: bool = True,
-        position_encoding: str = "sine",
-        activation: str = "relu",
-        in_feature: str | None = None,
-        cost_class: float = 1.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        ce_loss_coef: float = 1.0,
-        bbox_loss_coef: float = 5.0,
-        giou_loss_coef: float = 2.0,
-        eos_coef: float = 0.1,
     ) -> None:
         super().__init__()
-        if not input_shape:
-            raise ValueError("DETRHead: input_shape is empty; the neck must output one feature map")
-        self.in_feature = in_feature or list(input_shape)[-1]
-        if self.in_feature not in input_shape:
-            raise ValueError(f"DETRHead.in_feature '{self.in_feature}' is not one of the neck outputs {list(input_shape)}")
-        channels = input_shape[self.in_feature].channels
-        if channels != hidden_dim:
-            raise ValueError(
-                f"DETRHead: feature '{self.in_feature}' has {channels} channels but hidden_dim is {hidden_dim}; "
-                f"set the neck's out_channels to {hidden_dim} (ChannelMapper is DETR's input_proj)"
-            )
+        if criterion.num_classes != num_classes:
+            raise ValueError(f"DETRHead: criterion.num_classes {criterion.num_classes} != num_classes {num_classes}")
+        hidden_dim = transformer.d_model
+        self.in_feature = in_feature
         self.num_classes, self.num_queries, self.aux_loss = num_classes, num_queries, aux_loss
-        self.position_encoding = build_position_encoding(position_encoding, hidden_dim)
-        self.transformer = Transformer(
-            hidden_dim, nheads, enc_layers, dec_layers, ffn_dim, dropout, activation, pre_norm,
-            return_intermediate_dec=True,
-        )
+        # Creation order (positions, transformer, queries, class, box) is the former one, so seeded
+        # random initializations stay the same.
+        self.position_encoding = position_encoding
+        self.transformer = transformer
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
-        matcher = HungarianMatcher(cost_class, cost_bbox, cost_giou)
-        self.criterion = SetCriterion(num_classes, matcher, eos_coef, ce_loss_coef, bbox_loss_coef, giou_loss_coef)
+        self.criterion = criterion
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        input_shape: dict[str, ShapeSpec],
+        num_classes: int,
+        position_encoding: Mapping[str, Any],
+        transformer: Mapping[str, Any],
+        matcher: Mapping[str, Any],
+        criterion: Mapping[str, Any],
+        num_queries: int = 100,
+        aux_loss: bool = True,
+        in_feature: str | None = None,
+    ) -> "DETRHead":
+        """Build the child nodes with the shapes passed down.
+
+        ``in_feature`` picks the level of ``input_shape`` (the neck's ``output_shape()``; default: the
+        last one); its channels become ``transformer.d_model``, half of them the position encoding's
+        ``num_pos_feats``. The ``matcher`` node is built and handed to the criterion with ``num_classes``.
+        """
+        if not input_shape:
+            raise ValueError("DETRHead: input_shape is empty; the neck must output one feature map")
+        in_feature = in_feature or list(input_shape)[-1]
+        if in_feature not in input_shape:
+            raise ValueError(f"DETRHead.in_feature '{in_feature}' is not one of the neck outputs {list(input_shape)}")
+        width = input_shape[in_feature].channels
+        pos = instantiate(_child(position_encoding, "position_encoding", "num_pos_feats", width // 2))
+        tr = instantiate(_child(transformer, "transformer", "d_model", width))
+        if "matcher" in criterion:
+            raise ValueError("DETRHead.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
+        match = instantiate(matcher)
+        crit = instantiate(_child(criterion, "criterion", "num_classes", num_classes), matcher=match)
+        return cls(in_feature=in_feature, num_classes=num_classes, position_encoding=pos, transformer=tr,
+                   criterion=crit, num_queries=num_queries, aux_loss=aux_loss)
 
     def forward(self, feature: Tensor, mask: Tensor) -> dict[str, Any]:
         """feature [B, C, H, W]; mask [B, H, W] bool (True = padding).

@@ -1,7 +1,7 @@
 """DETR's 2-D position encodings (Carion et al. 2020, Sec. 3.2 and Table 3).
 
 Both take the feature-level padding mask [B, H, W] (True on padding) and return [B, 2*num_pos_feats,
-H, W]: the y half first, then the x half, as the reference implementation orders them.
+H, W]. ``num_pos_feats`` is half the transformer width; ``DETRHead`` passes it in from ``d_model``.
 """
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ import math
 import torch
 from torch import Tensor, nn
 
+from detres.registry import LAYERS
 
+
+@LAYERS.register()
 class PositionEmbeddingSine(nn.Module):
     """Fixed sine/cosine encoding of each cell's (y, x), generalizing "Attention is all you need".
 
+    Output channels: the y half first, then the x half, as the reference.
     normalize: divide the cumulative coordinate by the image's unpadded extent, so positions span
     (0, scale] whatever the padding (DETR's default, scale 2*pi).
     """
 
     def __init__(
-        self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True, scale: float | None = None
+        self, *, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         if scale is not None and not normalize:
@@ -47,13 +52,14 @@ class PositionEmbeddingSine(nn.Module):
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
 
+@LAYERS.register()
 class PositionEmbeddingLearned(nn.Module):
     """Learned absolute encoding: one embedding per row and per column (at most ``max_size`` each).
 
     Output channels: the x (column) half first, then the y half, as the reference.
     """
 
-    def __init__(self, num_pos_feats: int = 128, max_size: int = 50) -> None:
+    def __init__(self, *, num_pos_feats: int = 128, max_size: int = 50) -> None:
         super().__init__()
         self.max_size = max_size
         self.row_embed = nn.Embedding(max_size, num_pos_feats)
@@ -67,18 +73,9 @@ class PositionEmbeddingLearned(nn.Module):
         if h > self.max_size or w > self.max_size:
             raise ValueError(
                 f"PositionEmbeddingLearned: feature map {h}x{w} exceeds max_size {self.max_size}; "
-                "use position_encoding: sine or smaller images"
+                "raise max_size or use position_encoding: {_target_: PositionEmbeddingSine}"
             )
         x_emb = self.col_embed(torch.arange(w, device=mask.device))
         y_emb = self.row_embed(torch.arange(h, device=mask.device))
         pos = torch.cat([x_emb.unsqueeze(0).expand(h, w, -1), y_emb.unsqueeze(1).expand(h, w, -1)], dim=-1)
         return pos.permute(2, 0, 1).unsqueeze(0).expand(b, -1, -1, -1)
-
-
-def build_position_encoding(kind: str, hidden_dim: int) -> nn.Module:
-    """``sine`` (DETR's default: normalized, scale 2*pi, temperature 10000) or ``learned``."""
-    if kind in ("sine", "v2"):
-        return PositionEmbeddingSine(hidden_dim // 2, normalize=True)
-    if kind in ("learned", "v3"):
-        return PositionEmbeddingLearned(hidden_dim // 2)
-    raise ValueError(f"DETRHead.position_encoding must be 'sine' or 'learned', got {kind!r}")

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from detres.registry import LAYERS
+
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
@@ -136,11 +138,13 @@ class TransformerDecoder(nn.Module):
         return torch.stack(outs)
 
 
+@LAYERS.register()
 class Transformer(nn.Module):
     """DETR's transformer: ``forward(src, mask, query_embed, pos)`` -> decoder outputs.
 
     Args:
-        d_model: width C; nhead: attention heads; num_encoder_layers / num_decoder_layers: depths.
+        d_model: width C (``DETRHead`` passes in its input feature's channels); nhead: attention heads.
+        num_encoder_layers / num_decoder_layers: depths.
         ffn_dim: hidden width of each FFN; dropout: on attention weights and residual branches.
         pre_norm: LayerNorm before each sub-layer (plus a final encoder norm) instead of after.
         return_intermediate_dec: return every decoder layer's output (for auxiliary losses).
@@ -148,6 +152,7 @@ class Transformer(nn.Module):
 
     def __init__(
         self,
+        *,
         d_model: int = 256,
         nhead: int = 8,
         num_encoder_layers: int = 6,

@@ -2,6 +2,7 @@
 
 The matching cost is ``cost_class * -p(class) + cost_bbox * L1 + cost_giou * -GIoU`` on normalized
 cxcywh boxes; the optimal one-to-one assignment comes from ``scipy.optimize.linear_sum_assignment``.
+Shared by the DETR family (DETR here; Deformable DETR, DINO and RT-DETR match the same way).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou
 
+from detres.registry import LAYERS
 from detres.structures.boxes import cxcywh_to_xyxy
 
 
@@ -34,6 +36,7 @@ def assign(cost: Tensor) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
 
+@LAYERS.register()
 class HungarianMatcher(nn.Module):
     """One-to-one matching between predictions and targets, image by image.
 
@@ -43,7 +46,7 @@ class HungarianMatcher(nn.Module):
         cost_giou: weight of the negative generalized IoU.
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
+    def __init__(self, *, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: all costs are 0; set at least one of cost_class, cost_bbox, cost_giou")

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from detres.modeling.heads.detr.matcher import HungarianMatcher, assign
+from detres.modeling.layers.hungarian_matcher import HungarianMatcher, assign
 
 
 def brute_force_min_cost(cost: torch.Tensor) -> float:
@@ -65,7 +65,7 @@ def test_matcher_empty_targets_and_one_target() -> None:
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.3]])
     targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
                {"labels": torch.tensor([2]), "boxes": boxes}]
-    m = HungarianMatcher(1.0, 5.0, 2.0)
+    m = HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=2.0)
     (r0, c0), (r1, c1) = m(out, targets)
     assert r0.numel() == 0 and c0.numel() == 0
     cost = m.cost_matrix(out["pred_logits"][1], out["pred_boxes"][1], targets[1]["labels"], boxes)
