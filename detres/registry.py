@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
-    "Registry", "BACKBONES", "NECKS", "HEADS", "DETECTORS", "DATASETS", "TRANSFORMS",
+    "Registry", "BACKBONES", "NECKS", "HEADS", "LAYERS", "DETECTORS", "DATASETS", "TRANSFORMS",
     "ALL_REGISTRIES", "locate", "instantiate", "import_modules", "close_matches",
 ]
 
@@ -73,10 +73,11 @@ class Registry:
 BACKBONES = Registry("BACKBONES")
 NECKS = Registry("NECKS")
 HEADS = Registry("HEADS")
+LAYERS = Registry("LAYERS")  # parts shared by heads: box coders, matchers, samplers
 DETECTORS = Registry("DETECTORS")
 DATASETS = Registry("DATASETS")
 TRANSFORMS = Registry("TRANSFORMS")
-ALL_REGISTRIES = [BACKBONES, NECKS, HEADS, DETECTORS, DATASETS, TRANSFORMS]
+ALL_REGISTRIES = [BACKBONES, NECKS, HEADS, LAYERS, DETECTORS, DATASETS, TRANSFORMS]
 
 
 def _ensure_builtin_registrations() -> None:

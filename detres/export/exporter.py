@@ -107,7 +107,7 @@ class BoxGraph(nn.Module):
     def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
         *feats, rois = args
         heads = self.roi_heads
-        pooler = heads.pooler
+        pooler = heads.box_pooler
         r = pooler.output_size
         pooled = torch.stack([
             roi_align(f, rois, r, scale, pooler.sampling_ratio, pooler.aligned)
@@ -130,11 +130,11 @@ class BoxGraph(nn.Module):
         n_img = feats[0].shape[0]
         proposals = [rois[rois[:, 0] == i, 1:] for i in range(n_img)]
         order = torch.cat([torch.nonzero(rois[:, 0] == i, as_tuple=True)[0] for i in range(n_img)])
-        kernel, heads.pooler.kernel = heads.pooler.kernel, "torchvision"
+        kernel, heads.box_pooler.kernel = heads.box_pooler.kernel, "torchvision"
         try:
             logits, deltas = heads(dict(zip(self.in_features, feats)), proposals)
         finally:
-            heads.pooler.kernel = kernel
+            heads.box_pooler.kernel = kernel
         scores, boxes = heads.scores_and_boxes(logits, deltas, rois[order, 1:])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))

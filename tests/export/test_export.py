@@ -86,7 +86,7 @@ def test_faster_rcnn_box_stage_matches_eager(tmp_path) -> None:
     with torch.no_grad():  # the one-hot level gather equals the eager nonzero gather exactly
         for got, ref in zip(box(*inputs[1]), box.reference(list(inputs[1][:-1]), inputs[1][-1])):
             assert torch.equal(got, ref)
-    pooler = model.roi_heads.pooler
+    pooler = model.roi_heads.box_pooler
     levels = assign_levels(inputs[2][-1][:, 1:], pooler.min_level, pooler.max_level, 224.0, 4, pooler.level_assignment)
     assert len(levels.unique()) >= 2  # RoIs on more than one level exercise the gather
     example = box_stage_inputs(graph, checks[1], num_rois=5, seed=9)

@@ -1,0 +1,16 @@
+"""Parts shared by several heads: box coder, IoU matcher, balanced sampler, box losses.
+
+Importing this package registers ``BoxCoder``, ``Matcher`` and ``BalancedSampler`` in ``LAYERS``.
+"""
+from __future__ import annotations
+
+from detres.modeling.layers.box_coder import DEFAULT_SCALE_CLAMP, BoxCoder
+from detres.modeling.layers.losses import box_regression_loss, crowd_overlap, split_crowd
+from detres.modeling.layers.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
+from detres.modeling.layers.sampler import BalancedSampler, sample_balanced
+from detres.modeling.layers.shapes import level_shapes
+
+__all__ = [
+    "DEFAULT_SCALE_CLAMP", "BoxCoder", "box_regression_loss", "crowd_overlap", "split_crowd",
+    "IGNORE", "NEGATIVE", "POSITIVE", "Matcher", "BalancedSampler", "sample_balanced", "level_shapes",
+]
