@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detres.config import schema as schema_mod
 from detres.config.validate import (
-    ConfigError, accepted_keys, class_table, moved_key_error, validate_node, validate_schema,
+    ConfigError, accepted_keys, class_table, dataclass_fields_of, moved_key_error, validate_node, validate_schema,
 )
 from detres.registry import close_matches, import_modules, locate
 
@@ -88,6 +88,7 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
     node: Any = cfg
     path: list[str] = []
     injected: tuple[str, ...] = ()
+    fields: list[str] = []  # keys of a dataclass-typed argument (a detector's `input:` block)
     for i, part in enumerate(parts):
         is_last = i == len(parts) - 1
         accepted, moved, injects = _node_tables(node)
@@ -98,6 +99,7 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
                 f"from the backbone); {where} does not take it from the config."
             )
         if isinstance(node, DictConfig) and part in node:
+            fields = dataclass_fields_of(node["_target_"], part) if accepted else []
             node = node[part]
             path.append(part)
             injected = tuple(injects.get(part, ()))
@@ -107,6 +109,8 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
         valid: list[str] = list(node.keys()) if isinstance(node, DictConfig) else []
         if accepted:
             valid = sorted(set(valid) | set(accepted))
+        elif fields:
+            valid = sorted(set(valid) | set(fields))
         elif not path:
             valid = sorted(set(valid) | set(schema_mod.TOP_LEVEL))
         elif len(path) == 1 and schema_mod.TOP_LEVEL.get(path[0]) is not None:

@@ -88,6 +88,12 @@ def accepted_keys(target_name: str, injected: Collection[str] = ()) -> list[str]
     return [n for n in params if n not in INJECTED_ARGS and n not in injected]
 
 
+def dataclass_fields_of(target_name: str, key: str) -> list[str]:
+    """Field names when argument ``key`` of ``target_name`` is a dataclass (e.g. ``input:``), else []."""
+    tp = _type_hints(locate(target_name)).get(key)
+    return [f.name for f in dataclasses.fields(tp)] if tp is not None and dataclasses.is_dataclass(tp) else []
+
+
 def _type_hints(target: Any) -> dict[str, Any]:
     fns = [_builder(target)]
     if _forwards_to_init(target):
