@@ -77,7 +77,7 @@ class Registry:
 BACKBONES = Registry("BACKBONES")
 NECKS = Registry("NECKS")
 HEADS = Registry("HEADS")
-LAYERS = Registry("LAYERS")  # parts that heads are composed of (matchers, MLPs, transformers, ...)
+LAYERS = Registry("LAYERS")  # parts that heads are composed of (box coders, matchers, samplers, MLPs, transformers, ...)
 DETECTORS = Registry("DETECTORS")
 DATASETS = Registry("DATASETS")
 TRANSFORMS = Registry("TRANSFORMS")

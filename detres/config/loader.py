@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from detres.config import schema as schema_mod
-from detres.config.validate import ConfigError, accepted_keys, validate_node, validate_schema
+from detres.config.validate import (
+    ConfigError, accepted_keys, class_table, dataclass_fields_of, moved_key_error, validate_node, validate_schema,
+)
 from detres.registry import close_matches, import_modules, instantiate, locate
-
-MAX_BASE_DEPTH = 2
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -31,15 +31,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> DictConfig:
+    """``path`` merged over its ``_base_`` parents (each merged over its own first, to any depth);
+    ``chain`` holds the files being loaded above it, so that a cycle is refused."""
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise ConfigError(f"_base_ cycle: {cycle}. Remove one of these _base_ entries.")
-    if len(chain) > MAX_BASE_DEPTH:
-        raise ConfigError(
-            f"{chain[0]}: _base_ chain deeper than {MAX_BASE_DEPTH} levels ({' -> '.join(map(str, chain))} -> {path}); "
-            "flatten it so that each config has at most two levels of parents."
-        )
+        raise ConfigError(f"_base_ cycle: {cycle}. Remove the _base_ entry that points back to {path.name}.")
     data = _read_yaml(path)
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
@@ -76,31 +73,54 @@ def _parse_override(item: str) -> tuple[str, Any, bool]:
     return key, value, force
 
 
+def _node_tables(node: Any) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """(accepted keys, moved keys, injects) of a ``_target_`` node ([], {}, {} when unknown)."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return [], {}, {}
+    try:
+        target = locate(node["_target_"])
+    except KeyError:
+        return [], {}, {}
+    return accepted_keys(node["_target_"]), class_table(target, "moved_keys"), class_table(target, "injects")
+
+
 def _check_override_key(cfg: DictConfig, key: str) -> None:
     parts = key.split(".")
     node: Any = cfg
     path: list[str] = []
+    injected: tuple[str, ...] = ()
+    fields: list[str] = []  # keys of a dataclass-typed argument (a detector's `input:` block)
     for i, part in enumerate(parts):
         is_last = i == len(parts) - 1
+        accepted, moved, injects = _node_tables(node)
+        where = ".".join(path) or "<top level>"
+        if part in injected:
+            raise ConfigError(
+                f"override '{key}': '{part}' is passed in by {'.'.join(path[:-1]) or 'the parent'} (shapes flow "
+                f"from the backbone); {where} does not take it from the config."
+            )
         if isinstance(node, DictConfig) and part in node:
+            fields = dataclass_fields_of(node["_target_"], part) if accepted else []
             node = node[part]
             path.append(part)
+            injected = tuple(injects.get(part, ()))
             continue
+        if part in moved:
+            raise moved_key_error(".".join(path), part, moved[part])
         valid: list[str] = list(node.keys()) if isinstance(node, DictConfig) else []
-        if isinstance(node, DictConfig) and "_target_" in node:
-            try:
-                valid = sorted(set(valid) | set(accepted_keys(node["_target_"])))
-            except KeyError:
-                pass
-        elif not path and True:
+        if accepted:
+            valid = sorted(set(valid) | set(accepted))
+        elif fields:
+            valid = sorted(set(valid) | set(fields))
+        elif not path:
             valid = sorted(set(valid) | set(schema_mod.TOP_LEVEL))
         elif len(path) == 1 and schema_mod.TOP_LEVEL.get(path[0]) is not None:
             import dataclasses
 
             valid = sorted(set(valid) | {f.name for f in dataclasses.fields(schema_mod.TOP_LEVEL[path[0]])})
+        valid = [v for v in valid if v not in injected]
         if is_last and part in valid:
             return
-        where = ".".join(path) or "<top level>"
         hint = close_matches(part, valid)
         raise ConfigError(
             f"override '{key}': no key '{part}' under {where}"
@@ -116,7 +136,11 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         key, value, force = _parse_override(item)
         if not force:
             _check_override_key(cfg, key)
-        OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        old = OmegaConf.select(cfg, key, default=None)
+        # A node with another `_target_` replaces the old one (as in `_base_` merging), so keys of
+        # the old class do not leak into the new one.
+        switch = isinstance(value, dict) and isinstance(old, DictConfig) and old.get("_target_") not in (None, value.get("_target_"))
+        OmegaConf.update(cfg, key, value, merge=not switch, force_add=True)
     return cfg
 
 

@@ -99,13 +99,26 @@ def test_base_cycle(tmp_path: Path) -> None:
     assert "a.yaml -> " in str(e.value) and "b.yaml" in str(e.value)
 
 
-def test_base_deeper_than_two_levels(tmp_path: Path, base: Path) -> None:
-    write(tmp_path, "l1.yaml", "_base_: base.yaml\n")
-    write(tmp_path, "l2.yaml", "_base_: l1.yaml\n")
-    top = write(tmp_path, "l3.yaml", "_base_: l2.yaml\n")
-    with pytest.raises(ConfigError, match="deeper than 2 levels") as e:
-        load_config(top)
-    assert "l3.yaml" in str(e.value) and "base.yaml" in str(e.value)
+def test_base_chain_of_any_depth_merges_in_order(tmp_path: Path, base: Path) -> None:
+    write(tmp_path, "l1.yaml", "_base_: base.yaml\ntrain: {max_iter: 1}\nmodel: {depth: 34}\n")
+    write(tmp_path, "l2.yaml", "_base_: l1.yaml\ntrain: {max_iter: 2}\n")
+    top = write(tmp_path, "l3.yaml", "_base_: l2.yaml\ntrain: {max_iter: 3}\n")
+    cfg = load_config(top)  # depth 3 below the top file
+    assert cfg.train.max_iter == 3 and cfg.model.depth == 34 and cfg.model.out_features == ["res4", "res5"]
+    assert load_config(tmp_path / "l2.yaml").train.max_iter == 2
+
+
+def test_base_diamond_is_not_a_cycle_but_a_longer_cycle_is(tmp_path: Path, base: Path) -> None:
+    write(tmp_path, "left.yaml", "_base_: base.yaml\ntrain: {max_iter: 4}\n")
+    write(tmp_path, "right.yaml", "_base_: base.yaml\ntrain: {batch_size: 5}\n")
+    top = write(tmp_path, "top.yaml", "_base_: [left.yaml, right.yaml]\n")
+    cfg = load_config(top)
+    assert cfg.train.max_iter == 10 and cfg.train.batch_size == 5  # right re-merges base after left
+    write(tmp_path, "c1.yaml", "_base_: c2.yaml\n")
+    write(tmp_path, "c2.yaml", "_base_: c3.yaml\n")
+    write(tmp_path, "c3.yaml", "_base_: c1.yaml\n")
+    with pytest.raises(ConfigError, match=r"_base_ cycle: .*c1\.yaml -> .*c2\.yaml -> .*c3\.yaml -> .*c1\.yaml"):
+        load_config(tmp_path / "c1.yaml")
 
 
 @pytest.mark.parametrize(

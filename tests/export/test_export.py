@@ -46,7 +46,7 @@ def _model(cfg: tuple[str, list[str]]) -> torch.nn.Module:
             cls.weight.copy_(torch.randn(cls.weight.shape, generator=g) * 0.01)
         # No top-100 cutoff: random scores near 1 tie at the cutoff, where float-level differences swap them.
         model.roi_heads.detections_per_image = 10_000
-        model.roi_heads.pooler.kernel = "torchvision"  # MERGE: drop (the reference pooler is torchvision's)
+        model.roi_heads.box_pooler.kernel = "torchvision"  # MERGE: drop (the reference pooler is torchvision's)
     return model
 
 
@@ -79,7 +79,7 @@ def test_faster_rcnn_static_box_pooling_equals_eager() -> None:
     model = _model(FRCNN)
     rec = record_graph_inputs(model, random_images([(256, 320), (256, 320)], seed=3))["box"]
     *feats, rois = rec
-    pooler = model.roi_heads.pooler
+    pooler = model.roi_heads.box_pooler
     assert len(pooler.levels(rois).unique()) >= 2
     with torch.no_grad():
         static = model.roi_heads.forward_rois(feats, rois, static=True)

@@ -11,8 +11,8 @@ import detres
 from tests.modeling.frcnn_utils import build_from_config
 
 SMALL = ["model.input.min_size_test=256", "model.input.max_size_test=256", "model.neck.out_channels=64",
-         "model.roi_heads.fc_dims=[128,128]", "model.backbone.norm=bn", "model.rpn.post_nms_topk_train=200",
-         "model.roi_heads.batch_size_per_image=64", "num_classes=3"]
+         "model.roi_heads.box_head.fc_dims=[128,128]", "model.backbone.norm=bn", "model.rpn.post_nms_topk_train=200",
+         "model.roi_heads.sampler.batch_size_per_image=64", "num_classes=3"]
 
 
 def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

@@ -87,7 +87,7 @@ def _compare(v2: bool) -> None:
         default_kernel = model(images)  # CPU RoIAlign as an NHWC row gather (detres' default)
         # Bit-for-bit kernels below: torchvision's RoIAlign, so what differs is float reassociation
         # only (the gather is checked against it in test_roi_align_rows.py).
-        model.roi_heads.pooler.kernel = "torchvision"
+        model.roi_heads.box_pooler.kernel = "torchvision"
         out = model(images)
         batch = model.preprocess(images, resize=True)
         raw = model.forward_raw(batch)

@@ -16,9 +16,16 @@ SHAPE = {f"p{k}": ShapeSpec(8, 2**k) for k in (2, 3, 4, 5)}
 
 def _pair(num_classes: int = 4) -> tuple[StandardROIHeads, RoIHeads]:
     torch.manual_seed(0)
-    ours = StandardROIHeads(SHAPE, num_classes=num_classes, pooler_sampling_ratio=2, pooler_aligned=False,
-                            level_assignment="torchvision", fc_dims=[32, 32], batch_size_per_image=10**7,
-                            smooth_l1_beta=1 / 9, score_thresh=0.05, min_box_size=0.01)
+    ours = StandardROIHeads.from_config(
+        input_shape=SHAPE, num_classes=num_classes,
+        box_pooler={"_target_": "MultiScaleRoIAlign", "sampling_ratio": 2, "aligned": False, "level_assignment": "torchvision"},
+        box_head={"_target_": "ConvFCHead", "fc_dims": [32, 32]}, box_predictor={"_target_": "BoxPredictor"},
+        box_coder={"_target_": "BoxCoder", "weights": [10.0, 10.0, 5.0, 5.0]},
+        matcher={"_target_": "Matcher", "high": 0.5, "low": 0.5},
+        sampler={"_target_": "BalancedSampler", "batch_size_per_image": 10**7, "positive_fraction": 0.25},
+        smooth_l1_beta=1 / 9, score_thresh=0.05, min_box_size=0.01,
+    )
+    assert ours.box_pooler.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32] and ours.box_head.fcs[0].in_features == 8 * 49
     tv = RoIHeads(TVPooler(["0", "1", "2", "3"], 7, 2), TwoMLPHead(8 * 49, 32), FastRCNNPredictor(32, num_classes + 1),
                   0.5, 0.5, 10**7, 0.25, None, 0.05, 0.5, 100)
     with torch.no_grad():

@@ -9,7 +9,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAncho
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead as TVRPNHead
 
-from detres.modeling.heads.rpn import RPN, BoxCoder, Matcher
+from detres.modeling.heads.rpn import RPN
+from detres.modeling.layers import BoxCoder, Matcher
 from detres.structures import ShapeSpec
 
 
@@ -35,9 +36,16 @@ def test_matcher_low_quality_equals_torchvision() -> None:
 def test_rpn_loss_parity_with_torchvision() -> None:
     torch.manual_seed(0)
     shape = {f"p{k}": ShapeSpec(8, 2**k) for k in (2, 3)}
-    rpn = RPN(shape, in_features=["p2", "p3"], anchor_sizes=[[16], [32]], round_anchors=True,
-              strides_from_image=True, batch_size_per_image=10**7, smooth_l1_beta=1 / 9, loss_normalizer="sampled",
-              min_size=1e-3).train()
+    rpn = RPN.from_config(
+        input_shape=shape, in_features=["p2", "p3"],
+        anchor_generator={"_target_": "AnchorGenerator", "sizes": [[16], [32]], "aspect_ratios": [[0.5, 1.0, 2.0]],
+                          "round_anchors": True, "strides_from_image": True},
+        head={"_target_": "RPNHead"}, box_coder={"_target_": "BoxCoder"},
+        matcher={"_target_": "Matcher", "high": 0.7, "low": 0.3, "allow_low_quality_matches": True},
+        sampler={"_target_": "BalancedSampler", "batch_size_per_image": 10**7, "positive_fraction": 0.5},
+        smooth_l1_beta=1 / 9, loss_normalizer="sampled", min_size=1e-3,
+    ).train()
+    assert rpn.anchor_generator.strides == [4, 8] and rpn.head.objectness.out_channels == 3
     tv = RegionProposalNetwork(
         TVAnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2), TVRPNHead(8, 3),
         0.7, 0.3, 10**7, 0.5, dict(training=2000, testing=1000), dict(training=2000, testing=1000), 0.7,

@@ -22,6 +22,8 @@ from detres.structures import ImageBatch
 from detres.structures.boxes import scale_boxes
 
 PAD_POLICIES = ("per_image", "batch_max")
+#: padding multiple for a backbone that does not state its ``size_divisibility``
+DEFAULT_SIZE_DIVISIBILITY = 32
 
 
 @dataclass
@@ -31,7 +33,8 @@ class InputConfig:
     format: channel order the weights expect (``RGB``, or ``BGR`` for caffe-style detectron2 weights).
     pixel_mean / pixel_std: in 0..255 units, in ``format`` order.
     min_size_test / max_size_test: test-time resize of the shorter / longer side (0 = no resize).
-    size_divisibility: pad H and W up to a multiple of this.
+    size_divisibility: pad H and W up to a multiple of this; None (the default) takes the backbone's
+        ``size_divisibility`` (32 for a backbone without one).
     pad_policy_test: ``per_image`` (batch-invariant, the default) or ``batch_max`` (the references').
     unit_range: scale pixels to 0..1 first and normalize with mean/255, std/255: the same maths in
         torchvision's float arithmetic, so its models see bitwise-identical inputs.
@@ -42,7 +45,7 @@ class InputConfig:
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
     min_size_test: int = 800
     max_size_test: int = 1333
-    size_divisibility: int = 32
+    size_divisibility: int | None = None
     pad_policy_test: str = "per_image"
     unit_range: bool = False
 
@@ -117,6 +120,14 @@ class Detector(nn.Module):
         self._graph_runners: dict[str, Callable[..., Any]] = {}
 
     @property
+    def size_divisibility(self) -> int:
+        """Padding multiple: ``input.size_divisibility`` when set, else the backbone's (default 32)."""
+        if self.input.size_divisibility is not None:
+            return self.input.size_divisibility
+        div = getattr(getattr(self, "backbone", None), "size_divisibility", None)
+        return int(div) if div else DEFAULT_SIZE_DIVISIBILITY
+
+    @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
@@ -152,7 +163,7 @@ class Detector(nn.Module):
         tensors = [self.normalize(im) for im in images]
         if resize:
             tensors = [self.resize_for_test(t) for t in tensors]
-        return ImageBatch.from_tensors(tensors, self.input.size_divisibility)
+        return ImageBatch.from_tensors(tensors, self.size_divisibility)
 
     def padded_size(self, image: Tensor) -> tuple[int, int]:
         """The (H, W) an image is padded to under the ``per_image`` policy (depends on it alone)."""
@@ -160,7 +171,7 @@ class Detector(nn.Module):
         s = test_resize_scale(h, w, self.input.min_size_test, self.input.max_size_test)
         if s != 1.0:  # F.interpolate with recompute_scale_factor floors the scaled size
             h, w = int(math.floor(h * s)), int(math.floor(w * s))
-        d = max(1, self.input.size_divisibility)
+        d = max(1, self.size_divisibility)
         return (h + d - 1) // d * d, (w + d - 1) // d * d
 
     # ----------------------------------------------------------------------------- forward

@@ -1,7 +1,17 @@
-"""Parts shared by several heads; importing this fills the LAYERS registry."""
+"""Parts shared by several heads: box coder, IoU matcher, balanced sampler, box losses, Hungarian
+matcher, MLP. Importing this package fills the LAYERS registry."""
 from __future__ import annotations
 
+from detres.modeling.layers.box_coder import DEFAULT_SCALE_CLAMP, BoxCoder
 from detres.modeling.layers.hungarian_matcher import HungarianMatcher, assign
+from detres.modeling.layers.losses import box_regression_loss, crowd_overlap, split_crowd
+from detres.modeling.layers.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from detres.modeling.layers.mlp import MLP
+from detres.modeling.layers.sampler import BalancedSampler, sample_balanced
+from detres.modeling.layers.shapes import level_shapes
 
-__all__ = ["HungarianMatcher", "assign", "MLP"]
+__all__ = [
+    "DEFAULT_SCALE_CLAMP", "BoxCoder", "box_regression_loss", "crowd_overlap", "split_crowd",
+    "IGNORE", "NEGATIVE", "POSITIVE", "Matcher", "BalancedSampler", "sample_balanced", "level_shapes",
+    "HungarianMatcher", "assign", "MLP",
+]

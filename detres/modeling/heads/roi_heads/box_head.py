@@ -8,14 +8,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detres.modeling.backbones.norm import make_norm
+from detres.registry import HEADS
 
 
+@HEADS.register()
 class ConvFCHead(nn.Module):
     """``len(conv_dims)`` 3x3 conv(+norm)+ReLU, flatten, ``len(fc_dims)`` FC+ReLU.
 
     ``conv_dims=[], fc_dims=[1024, 1024]`` is the 2-FC head of both references; ``conv_dims=[256]*4,
     fc_dims=[1024]`` with ``norm`` is the "4conv1fc" head (torchvision v2 uses ``bn``, detectron2 ``gn``).
     Input [N, C, R, R] -> [N, fc_dims[-1]] (or the flattened conv output when ``fc_dims`` is empty).
+    ``channels`` (C) and ``resolution`` (R) are injected by the ROI heads from the input shape and the
+    pooler's ``output_size``; ``out_dim`` is the feature size the predictor is built for.
 
     ``flatten_channels_last()`` (inference) makes the head flatten in (R, R, C) order, a free view of
     a channels-last input, with the first FC's columns permuted to match; ``state_dict`` and
@@ -87,11 +91,16 @@ def _fc_columns_from_chw(module: ConvFCHead, state_dict: dict, prefix: str, *arg
         state_dict[key] = _permute_columns(state_dict[key], module._flat_chw, to_hwc=True)
 
 
+@HEADS.register()
 class BoxPredictor(nn.Module):
-    """Class logits [N, K+1] (background at index K) and box deltas [N, 4K] (class-specific) or [N, 4]."""
+    """Class logits [N, K+1] (background at index K) and box deltas [N, 4K] (class-specific) or [N, 4].
+
+    ``in_dim`` (the box head's ``out_dim``) and ``num_classes`` (K) are injected by the ROI heads.
+    """
 
     def __init__(self, in_dim: int, num_classes: int, cls_agnostic: bool = False) -> None:
         super().__init__()
+        self.cls_agnostic = cls_agnostic
         self.cls_score = nn.Linear(in_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(in_dim, 4 if cls_agnostic else 4 * num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)

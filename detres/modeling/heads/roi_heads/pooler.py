@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detres.modeling.heads.roi_heads.roi_align_rows import roi_align_rows
+from detres.registry import HEADS
 
 LEVEL_ASSIGNMENTS = ("detectron2", "torchvision")
 
@@ -29,11 +30,13 @@ def assign_levels(
     return (lv.clamp(min=min_level, max=max_level) - min_level).to(torch.int64)
 
 
+@HEADS.register()
 class MultiScaleRoIAlign(nn.Module):
     """Pools [sum N_i, C, R, R] features for per-image xyxy boxes from levels of stride 2^k.
 
     Args:
-        strides: stride of each pooled level, finest first (powers of two, consecutive).
+        strides: stride of each pooled level, finest first (powers of two, consecutive); injected by
+            the ROI heads from their input shape.
         output_size: R.
         sampling_ratio: RoIAlign samples per bin side (0 = adaptive, detectron2; torchvision 2).
         aligned: half-pixel shift (detectron2's ROIAlignV2: True; torchvision: False).

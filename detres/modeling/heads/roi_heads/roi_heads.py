@@ -1,38 +1,39 @@
 """ROI heads of Faster R-CNN (Ren et al. 2015, Sec. 3; Girshick 2015): sample proposals, pool, classify."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
-from detres.modeling.heads.roi_heads.box_head import BoxPredictor, ConvFCHead
-from detres.modeling.heads.roi_heads.pooler import MultiScaleRoIAlign, boxes_to_rois
-from detres.modeling.heads.rpn.box_coder import DEFAULT_SCALE_CLAMP, BoxCoder
-from detres.modeling.heads.rpn.losses import box_regression_loss, crowd_overlap, split_crowd
-from detres.modeling.heads.rpn.matcher import IGNORE, NEGATIVE, Matcher, sample_balanced
-from detres.registry import HEADS
+from detres.modeling.layers import (
+    IGNORE, NEGATIVE, BalancedSampler, BoxCoder, Matcher, box_regression_loss, crowd_overlap, level_shapes, split_crowd,
+)
+from detres.modeling.heads.roi_heads.pooler import boxes_to_rois
+from detres.registry import HEADS, instantiate
 from detres.structures import ShapeSpec
 from detres.structures.boxes import clip_boxes, nonempty
 
 
 @HEADS.register()
 class StandardROIHeads(nn.Module):
-    """Box branch of Faster R-CNN: RoIAlign -> ``ConvFCHead`` -> ``BoxPredictor``.
+    """Box branch of Faster R-CNN: ``box_pooler`` -> ``box_head`` -> ``box_predictor``, each a config node.
 
     Args:
-        input_shape: the neck's ``output_shape()`` (injected).
         num_classes: K foreground classes; logits have K+1 columns, background last.
         in_features: pooled levels, finest first.
-        pooler_resolution / pooler_sampling_ratio / pooler_aligned / level_assignment: see
-            ``MultiScaleRoIAlign`` (detectron2: 7 / 0 / True / detectron2; torchvision: 7 / 2 / False / torchvision).
-        conv_dims / fc_dims / head_norm: see ``ConvFCHead``.
-        cls_agnostic_bbox_reg: one box per proposal instead of one per class.
-        box_weights / scale_clamp: the ``BoxCoder`` of the deltas (10, 10, 5, 5).
-        fg_iou / bg_iou: proposals with IoU >= fg are foreground, < bg background.
-        batch_size_per_image / positive_fraction: the proposal sampler (512, 0.25).
+        box_pooler: a ``MultiScaleRoIAlign`` (node: its ``strides`` come from the input shape;
+            detectron2 output_size 7 / sampling_ratio 0 / aligned / detectron2 levels; torchvision 7 / 2 /
+            not aligned / torchvision levels).
+        box_head: a ``ConvFCHead`` (node: ``channels`` and ``resolution`` are passed in); any module
+            with an ``out_dim`` attribute that maps [N, C, R, R] to [N, out_dim].
+        box_predictor: a ``BoxPredictor`` (node: ``in_dim`` and ``num_classes`` are passed in).
+        box_coder: the ``BoxCoder`` of the deltas (weights 10, 10, 5, 5).
+        matcher: proposals with IoU >= high are foreground, < low background (0.5 / 0.5).
+        sampler: a ``BalancedSampler`` of proposals (512 per image, a quarter foreground at most).
         append_gt: add the ground-truth boxes to the proposals in training.
         smooth_l1_beta: 0 = L1 (detectron2), 1.0/9 (torchvision); the box loss is divided by the
             number of sampled proposals in both references, the class loss is their mean CE.
@@ -42,26 +43,42 @@ class StandardROIHeads(nn.Module):
         crowd_ignore: background proposals with this fraction of their area in a crowd box are ignored.
     """
 
+    #: config keys of the flat-argument ROI heads -> their place in the nested node (for the error message).
+    moved_keys: ClassVar[dict[str, str]] = {
+        "pooler_resolution": "box_pooler.output_size",
+        "pooler_sampling_ratio": "box_pooler.sampling_ratio",
+        "pooler_aligned": "box_pooler.aligned",
+        "level_assignment": "box_pooler.level_assignment",
+        "conv_dims": "box_head.conv_dims",
+        "fc_dims": "box_head.fc_dims",
+        "head_norm": "box_head.norm",
+        "cls_agnostic_bbox_reg": "box_predictor.cls_agnostic",
+        "box_weights": "box_coder.weights",
+        "scale_clamp": "box_coder.scale_clamp",
+        "fg_iou": "matcher.high",
+        "bg_iou": "matcher.low",
+        "batch_size_per_image": "sampler.batch_size_per_image",
+        "positive_fraction": "sampler.positive_fraction",
+        "pooler": "box_pooler",
+    }
+    #: child node -> the arguments ``from_config`` passes into it (configs never write them).
+    injects: ClassVar[dict[str, tuple[str, ...]]] = {
+        "box_pooler": ("strides",),
+        "box_head": ("channels", "resolution"),
+        "box_predictor": ("in_dim", "num_classes"),
+    }
+
     def __init__(
         self,
-        input_shape: dict[str, ShapeSpec],
         *,
         num_classes: int,
         in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
-        pooler_resolution: int = 7,
-        pooler_sampling_ratio: int = 0,
-        pooler_aligned: bool = True,
-        level_assignment: str = "detectron2",
-        conv_dims: Sequence[int] = (),
-        fc_dims: Sequence[int] = (1024, 1024),
-        head_norm: str = "",
-        cls_agnostic_bbox_reg: bool = False,
-        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        scale_clamp: float = DEFAULT_SCALE_CLAMP,
-        fg_iou: float = 0.5,
-        bg_iou: float = 0.5,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
+        box_pooler: nn.Module,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        sampler: BalancedSampler,
         append_gt: bool = True,
         smooth_l1_beta: float = 0.0,
         score_thresh: float = 0.05,
@@ -71,26 +88,51 @@ class StandardROIHeads(nn.Module):
         crowd_ignore: float = 0.5,
     ) -> None:
         super().__init__()
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(f"roi_heads.in_features {missing} are not neck outputs {list(input_shape)}")
-        chans = {input_shape[f].channels for f in in_features}
-        if len(chans) != 1:
-            raise ValueError(f"roi_heads.in_features must share one channel count, got {sorted(chans)}")
         self.num_classes, self.in_features = num_classes, list(in_features)
-        self.pooler = MultiScaleRoIAlign(
-            [input_shape[f].stride for f in in_features], pooler_resolution, pooler_sampling_ratio,
-            pooler_aligned, level_assignment,
-        )
-        self.box_head = ConvFCHead(chans.pop(), pooler_resolution, conv_dims, fc_dims, head_norm)
-        self.box_predictor = BoxPredictor(self.box_head.out_dim, num_classes, cls_agnostic_bbox_reg)
-        self.cls_agnostic = cls_agnostic_bbox_reg
-        self.box_coder = BoxCoder(box_weights, scale_clamp)
-        self.matcher = Matcher(fg_iou, bg_iou, allow_low_quality_matches=False)
-        self.batch_size_per_image, self.positive_fraction, self.append_gt = batch_size_per_image, positive_fraction, append_gt
-        self.smooth_l1_beta = smooth_l1_beta
+        self.box_pooler, self.box_head, self.box_predictor = box_pooler, box_head, box_predictor
+        self.cls_agnostic = bool(getattr(box_predictor, "cls_agnostic", False))
+        self.box_coder, self.matcher, self.sampler = box_coder, matcher, sampler
+        self.append_gt, self.smooth_l1_beta = append_gt, smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_image = score_thresh, nms_thresh, detections_per_image
         self.min_box_size, self.crowd_ignore = min_box_size, crowd_ignore
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        input_shape: Mapping[str, ShapeSpec],
+        num_classes: int,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        box_pooler: Mapping[str, Any],
+        box_head: Mapping[str, Any],
+        box_predictor: Mapping[str, Any],
+        box_coder: Mapping[str, Any],
+        matcher: Mapping[str, Any],
+        sampler: Mapping[str, Any],
+        **kwargs: Any,
+    ) -> "StandardROIHeads":
+        """Build the child nodes, passing shapes down: the pooler gets the strides of ``in_features``,
+        the box head their channels and the pooler's ``output_size``, the predictor the box head's
+        ``out_dim`` and ``num_classes``; the other keys go to ``__init__`` as they are."""
+        strides, channels = level_shapes(input_shape, in_features, "roi_heads")
+        pooler = instantiate(box_pooler, strides=strides)
+        head = instantiate(box_head, channels=channels, resolution=pooler.output_size)
+        if not isinstance(getattr(head, "out_dim", None), int):
+            raise TypeError(
+                f"roi_heads.box_head: {type(head).__name__} has no integer `out_dim` (its output feature "
+                "size), which the box predictor is built for; set it in the box head's constructor"
+            )
+        return cls(
+            num_classes=num_classes,
+            in_features=in_features,
+            box_pooler=pooler,
+            box_head=head,
+            box_predictor=instantiate(box_predictor, in_dim=head.out_dim, num_classes=num_classes),
+            box_coder=instantiate(box_coder),
+            matcher=instantiate(matcher),
+            sampler=instantiate(sampler),
+            **kwargs,
+        )
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-image proposals [N_i, 4] xyxy -> class logits [sum N_i, K+1], deltas [sum N_i, 4K]."""
@@ -99,7 +141,7 @@ class StandardROIHeads(nn.Module):
     def forward_rois(self, feats: list[Tensor], rois: Tensor, static: bool = False) -> tuple[Tensor, Tensor]:
         """feats: the ``in_features`` levels; rois [N, 5] (batch index, xyxy) -> class logits [N, K+1],
         deltas [N, 4K]. ``static`` pools with shapes that depend only on N (traceable, for export)."""
-        x = self.pooler.pool_static(feats, rois) if static else self.pooler.pool(feats, rois)
+        x = self.box_pooler.pool_static(feats, rois) if static else self.box_pooler.pool(feats, rois)
         return self.box_predictor(self.box_head(x))
 
     # ----------------------------------------------------------------------------- training
@@ -124,7 +166,7 @@ class StandardROIHeads(nn.Module):
                 matched = gt[idx]
             if crowd.numel():
                 labels[(labels == self.num_classes) & (crowd_overlap(props, crowd) >= self.crowd_ignore)] = -1
-            pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction, self.num_classes)
+            pos, neg = self.sampler(labels, self.num_classes)
             keep = torch.cat([pos, neg])
             out_props.append(props[keep])
             out_labels.append(labels[keep])

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from detres.registry import HEADS
+
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], round_anchors: bool) -> Tensor:
     """[len(ratios) * len(sizes), 4] xyxy anchors centred on (0, 0); ratio = h / w.
@@ -31,13 +33,14 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], round_a
     return torch.tensor(out, dtype=torch.float32)
 
 
+@HEADS.register()
 class AnchorGenerator(nn.Module):
     """Anchors per pyramid level, location-major and anchor-minor (the RPN head's layout).
 
     Args:
         sizes: anchor sizes per level, e.g. [[32], [64], [128], [256], [512]].
         aspect_ratios: h/w ratios, one list for all levels or one per level.
-        strides: input pixels per feature cell of each level.
+        strides: input pixels per feature cell of each level (injected by the RPN from its input shape).
         offset: anchor centres at (i + offset) * stride (detectron2 0.0; 0.5 centres them in the cell).
         round_anchors: torchvision's integer-rounded cell anchors.
         strides_from_image: torchvision's stride = padded image size // feature size per level
@@ -59,7 +62,7 @@ class AnchorGenerator(nn.Module):
         if not (len(sizes) == len(aspect_ratios) == len(strides)):
             raise ValueError(
                 f"anchor sizes ({len(sizes)} levels), aspect_ratios ({len(aspect_ratios)}) and feature "
-                f"strides ({len(strides)}) must have one entry per level; fix rpn.anchor_sizes"
+                f"strides ({len(strides)}) must have one entry per level; fix rpn.anchor_generator.sizes"
             )
         self.strides = [int(s) for s in strides]
         self.offset, self.strides_from_image = offset, strides_from_image

@@ -1,7 +1,8 @@
 """Region Proposal Network (Ren et al. 2015): shared conv head on every level, anchors, proposals, losses."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -9,18 +10,25 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
 from detres.modeling.heads.rpn.anchor_generator import AnchorGenerator
-from detres.modeling.heads.rpn.box_coder import DEFAULT_SCALE_CLAMP, BoxCoder
-from detres.modeling.heads.rpn.losses import box_regression_loss, crowd_overlap, split_crowd
-from detres.modeling.heads.rpn.matcher import IGNORE, NEGATIVE, Matcher, sample_balanced
-from detres.registry import HEADS
+from detres.modeling.layers import (
+    IGNORE, NEGATIVE, BalancedSampler, BoxCoder, Matcher, box_regression_loss, crowd_overlap, level_shapes, split_crowd,
+)
+from detres.registry import HEADS, instantiate
 from detres.structures import ShapeSpec
 from detres.structures.boxes import clip_boxes, nonempty
 
 DEFAULT_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 
 
+@HEADS.register()
 class RPNHead(nn.Module):
-    """``num_convs`` shared 3x3 conv + ReLU, then 1x1 objectness (A) and deltas (4A) on every level."""
+    """``num_convs`` shared 3x3 conv + ReLU, then 1x1 objectness (A) and deltas (4A) on every level.
+
+    Args:
+        channels: input channels of every level (injected by the RPN).
+        num_anchors: A, anchors per location (injected by the RPN from its anchor generator).
+        num_convs: shared 3x3 convs (1; torchvision v2 uses 2).
+    """
 
     def __init__(self, channels: int, num_anchors: int, num_convs: int = 1) -> None:
         super().__init__()
@@ -45,44 +53,55 @@ class RPNHead(nn.Module):
 
 @HEADS.register()
 class RPN(nn.Module):
-    """Anchors + RPNHead + proposal selection + losses.
+    """Anchors + RPNHead + proposal selection + losses, each part a config node.
 
     Args:
-        input_shape: the neck's ``output_shape()`` (injected).
         in_features: pyramid levels used, finest first.
-        anchor_sizes / aspect_ratios / anchor_offset / round_anchors / strides_from_image: see
-            ``AnchorGenerator`` (torchvision rounds cell anchors and infers strides from the image).
-        num_convs: shared 3x3 convs (1; torchvision v2 uses 2).
-        box_weights / scale_clamp: the proposal ``BoxCoder``.
-        fg_iou / bg_iou: anchors with IoU >= fg are positive, < bg negative (low-quality matches on).
-        batch_size_per_image / positive_fraction: the balanced anchor sampler.
+        anchor_generator: an ``AnchorGenerator`` (node: its ``strides`` come from the input shape).
+        head: an ``RPNHead`` (node: its ``channels`` and ``num_anchors`` are passed in).
+        box_coder: the proposals' ``BoxCoder`` (weights 1, 1, 1, 1).
+        matcher: anchors with IoU >= high are positive, < low negative (0.7 / 0.3, low-quality matches on).
+        sampler: a ``BalancedSampler`` of anchors (256 per image, half positive at most).
         pre_nms_topk_train/test: top anchors kept per level before NMS.
         post_nms_topk_train/test: proposals kept per image after NMS (over all levels).
         nms_thresh: NMS IoU, applied per level (both references).
         min_size: proposals with width or height <= this are dropped after clipping.
         smooth_l1_beta: 0 = L1 (detectron2), 1/9 (torchvision).
-        loss_normalizer: ``batch_size`` divides by batch_size_per_image * images (detectron2),
-            ``sampled`` by the number of sampled anchors (torchvision).
+        loss_normalizer: ``batch_size`` divides by the sampler's batch_size_per_image * images
+            (detectron2), ``sampled`` by the number of sampled anchors (torchvision).
         crowd_ignore: negatives with at least this fraction of their area in a crowd box are ignored.
     """
 
+    #: config keys of the flat-argument RPN -> their place in the nested node (for the error message).
+    moved_keys: ClassVar[dict[str, str]] = {
+        "anchor_sizes": "anchor_generator.sizes",
+        "aspect_ratios": "anchor_generator.aspect_ratios",
+        "anchor_offset": "anchor_generator.offset",
+        "round_anchors": "anchor_generator.round_anchors",
+        "strides_from_image": "anchor_generator.strides_from_image",
+        "num_convs": "head.num_convs",
+        "box_weights": "box_coder.weights",
+        "scale_clamp": "box_coder.scale_clamp",
+        "fg_iou": "matcher.high",
+        "bg_iou": "matcher.low",
+        "batch_size_per_image": "sampler.batch_size_per_image",
+        "positive_fraction": "sampler.positive_fraction",
+    }
+    #: child node -> the arguments ``from_config`` passes into it (configs never write them).
+    injects: ClassVar[dict[str, tuple[str, ...]]] = {
+        "anchor_generator": ("strides",),
+        "head": ("channels", "num_anchors"),
+    }
+
     def __init__(
         self,
-        input_shape: dict[str, ShapeSpec],
         *,
         in_features: Sequence[str] = DEFAULT_LEVELS,
-        anchor_sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
-        aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),),
-        anchor_offset: float = 0.0,
-        round_anchors: bool = False,
-        strides_from_image: bool = False,
-        num_convs: int = 1,
-        box_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-        scale_clamp: float = DEFAULT_SCALE_CLAMP,
-        fg_iou: float = 0.7,
-        bg_iou: float = 0.3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
+        anchor_generator: AnchorGenerator,
+        head: nn.Module,
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        sampler: BalancedSampler,
         pre_nms_topk_train: int = 2000,
         pre_nms_topk_test: int = 1000,
         post_nms_topk_train: int = 1000,
@@ -94,29 +113,48 @@ class RPN(nn.Module):
         crowd_ignore: float = 0.5,
     ) -> None:
         super().__init__()
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(f"rpn.in_features {missing} are not neck outputs {list(input_shape)}")
-        chans = {input_shape[f].channels for f in in_features}
-        if len(chans) != 1:
-            raise ValueError(f"rpn.in_features must share one channel count, got {sorted(chans)}")
         if loss_normalizer not in ("batch_size", "sampled"):
             raise ValueError(f"rpn.loss_normalizer must be 'batch_size' or 'sampled', got {loss_normalizer!r}")
         self.in_features = list(in_features)
-        strides = [input_shape[f].stride for f in in_features]
-        self.anchor_generator = AnchorGenerator(
-            anchor_sizes, aspect_ratios, strides, anchor_offset, round_anchors, strides_from_image
-        )
-        if len(set(self.anchor_generator.num_anchors)) != 1:
-            raise ValueError("rpn: every level needs the same number of anchors per location")
-        self.head = RPNHead(chans.pop(), self.anchor_generator.num_anchors[0], num_convs)
-        self.box_coder = BoxCoder(box_weights, scale_clamp)
-        self.matcher = Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)
-        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
+        self.anchor_generator, self.head = anchor_generator, head
+        self.box_coder, self.matcher, self.sampler = box_coder, matcher, sampler
         self.pre_nms_topk = {True: pre_nms_topk_train, False: pre_nms_topk_test}
         self.post_nms_topk = {True: post_nms_topk_train, False: post_nms_topk_test}
         self.nms_thresh, self.min_size = nms_thresh, min_size
         self.smooth_l1_beta, self.loss_normalizer, self.crowd_ignore = smooth_l1_beta, loss_normalizer, crowd_ignore
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        input_shape: Mapping[str, ShapeSpec],
+        in_features: Sequence[str] = DEFAULT_LEVELS,
+        anchor_generator: Mapping[str, Any],
+        head: Mapping[str, Any],
+        box_coder: Mapping[str, Any],
+        matcher: Mapping[str, Any],
+        sampler: Mapping[str, Any],
+        **kwargs: Any,
+    ) -> "RPN":
+        """Build the child nodes with the shapes of ``in_features`` in ``input_shape`` (the neck's
+        ``output_shape()``); the other keys go to ``__init__`` as they are."""
+        strides, channels = level_shapes(input_shape, in_features, "rpn")
+        anchors = instantiate(anchor_generator, strides=strides)
+        num_anchors = set(anchors.num_anchors)
+        if len(num_anchors) != 1:
+            raise ValueError(
+                "rpn.anchor_generator: every level needs the same number of anchors per location "
+                f"(len(sizes[l]) * len(aspect_ratios[l])), got {anchors.num_anchors}"
+            )
+        return cls(
+            in_features=in_features,
+            anchor_generator=anchors,
+            head=instantiate(head, channels=channels, num_anchors=num_anchors.pop()),
+            box_coder=instantiate(box_coder),
+            matcher=instantiate(matcher),
+            sampler=instantiate(sampler),
+            **kwargs,
+        )
 
     def forward(self, features: dict[str, Tensor], image_size: tuple[int, int]) -> dict[str, list[Tensor]]:
         """Raw head outputs per level: ``logits`` [B, A, H, W], ``deltas`` [B, 4A, H, W] and
@@ -191,7 +229,7 @@ class RPN(nn.Module):
         pos_l, neg_l, tgt_l = [], [], []
         for i, t in enumerate(targets):
             labels, matched = self._label_anchors(anchors, t)
-            pos, neg = sample_balanced(labels.long(), self.batch_size_per_image, self.positive_fraction, NEGATIVE)
+            pos, neg = self.sampler(labels.long(), NEGATIVE)
             pos_l.append(pos + i * anchors.shape[0])
             neg_l.append(neg + i * anchors.shape[0])
             tgt_l.append(self.box_coder.encode(anchors[pos], matched[pos]))
@@ -202,7 +240,7 @@ class RPN(nn.Module):
         loss_cls = F.binary_cross_entropy_with_logits(flat_logits[sampled], cls_target, reduction="sum")
         loss_box = box_regression_loss(flat_deltas[pos], torch.cat(tgt_l), self.smooth_l1_beta)
         if self.loss_normalizer == "batch_size":
-            norm = float(self.batch_size_per_image * len(targets))
+            norm = float(self.sampler.batch_size_per_image * len(targets))
         else:
             norm = float(max(sampled.numel(), 1))
         return {"loss_rpn_cls": loss_cls / norm, "loss_rpn_box": loss_box / norm}

@@ -1,4 +1,4 @@
-"""Loss helpers shared by the RPN and the ROI heads."""
+"""Box-regression and crowd-region helpers shared by the RPN and the ROI heads."""
 from __future__ import annotations
 
 import torch

@@ -1,24 +1,36 @@
-"""IoU matcher with low-quality matches and the balanced positive/negative sampler (Ren et al. 2015)."""
+"""IoU matcher with low-quality matches (Ren et al. 2015, Sec. 3.1.2)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from detres.registry import LAYERS
+
+#: Match labels: ignored (between the thresholds), negative (below ``low``), positive.
 IGNORE, NEGATIVE, POSITIVE = -1, 0, 1
 
 
+@LAYERS.register()
 class Matcher:
     """Assigns each prediction (anchor / proposal) its best ground truth and a label.
 
     Labels: IoU < low -> 0 (negative); low <= IoU < high -> -1 (ignored); IoU >= high -> 1.
     ``allow_low_quality_matches`` also makes positive every prediction whose IoU with some ground
     truth equals that ground truth's best IoU (Ren et al. 2015, Sec. 3.1.2, condition (i)).
+
+    Args:
+        high: IoU at or above which a prediction is positive (RPN 0.7, ROI heads 0.5).
+        low: IoU below which a prediction is negative (RPN 0.3, ROI heads 0.5).
+        allow_low_quality_matches: the RPN's condition (i) above (both references: RPN only).
     """
 
-    def __init__(self, high: float, low: float, allow_low_quality_matches: bool) -> None:
+    def __init__(self, high: float, low: float, allow_low_quality_matches: bool = False) -> None:
         if low > high:
             raise ValueError(f"matcher low threshold {low} > high threshold {high}")
         self.high, self.low, self.allow_low_quality_matches = high, low, allow_low_quality_matches
+
+    def __repr__(self) -> str:
+        return f"Matcher(high={self.high}, low={self.low}, allow_low_quality_matches={self.allow_low_quality_matches})"
 
     def __call__(self, iou: Tensor) -> tuple[Tensor, Tensor]:
         """[G, N] IoU -> (matched gt index [N] int64, label [N] int8 in {-1, 0, 1})."""
@@ -34,18 +46,3 @@ class Matcher:
             _, pred_inds = torch.nonzero(iou == best_per_gt[:, None], as_tuple=True)
             labels[pred_inds] = POSITIVE
         return idx, labels
-
-
-def sample_balanced(labels: Tensor, num_samples: int, positive_fraction: float, bg_label: int) -> tuple[Tensor, Tensor]:
-    """Random subset of at most ``num_samples`` with at most ``positive_fraction`` positives.
-
-    labels: [N] int, -1 ignored, ``bg_label`` negative, anything else positive.
-    Returns (positive indices, negative indices), int64. Fills with negatives when positives run short.
-    """
-    positive = torch.nonzero((labels != -1) & (labels != bg_label), as_tuple=True)[0]
-    negative = torch.nonzero(labels == bg_label, as_tuple=True)[0]
-    num_pos = min(positive.numel(), int(num_samples * positive_fraction))
-    num_neg = min(negative.numel(), num_samples - num_pos)
-    perm_pos = torch.randperm(positive.numel(), device=labels.device)[:num_pos]
-    perm_neg = torch.randperm(negative.numel(), device=labels.device)[:num_neg]
-    return positive[perm_pos], negative[perm_neg]

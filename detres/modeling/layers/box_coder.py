@@ -7,9 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from detres.registry import LAYERS
+
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
+@LAYERS.register()
 class BoxCoder:
     """Encodes xyxy targets relative to xyxy reference boxes and decodes deltas back.
 
@@ -19,8 +22,13 @@ class BoxCoder:
     """
 
     def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP) -> None:
+        if len(weights) != 4:
+            raise ValueError(f"box coder weights need 4 values (wx, wy, ww, wh), got {list(weights)}")
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = scale_clamp
+
+    def __repr__(self) -> str:
+        return f"BoxCoder(weights={self.weights}, scale_clamp={self.scale_clamp:.4f})"
 
     def encode(self, boxes: Tensor, targets: Tensor) -> Tensor:
         """[N, 4] reference xyxy, [N, 4] target xyxy -> [N, 4] deltas."""
