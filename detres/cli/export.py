@@ -28,25 +28,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="example input size (multiples of 32, >= 128); the graphs accept other sizes")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic")
-    parser.add_argument("--no-fuse", action="store_true", help="export without folding frozen BN into convs")
+    parser.add_argument("--no-optimize", "--no-fuse", dest="no_optimize", action="store_true",
+                        help="export the reference model, without detres.runtime.optimize(backend='export') "
+                             "(frozen BN folded into convs); --no-fuse is the old name")
     parser.add_argument("--atol", type=float, default=1e-3,
                         help="parity tolerance on DETR outputs, RPN logits/deltas and box-stage scores")
     parser.add_argument("--box-atol", type=float, default=1e-2, help="parity tolerance on box-stage boxes (pixels)")
     args = parser.parse_args(argv)
 
     from detres.checkpoint import load_checkpoint
-    from detres.export import export_onnx, export_program, parity_onnx, parity_program, raw_graph, use_export_kernels
+    from detres.export import export_onnx, export_program, parity_onnx, parity_program, raw_graph
     from detres.modeling.build import build_model
-    from detres.modeling.fuse import optimize_for_inference
+    from detres.runtime import optimize
 
     cfg = load_config_from_args(args)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if args.weights:
         print(load_checkpoint(model, args.weights))
-    if not args.no_fuse:
-        optimize_for_inference(model)
-    use_export_kernels(model)  # eager pools with the graphs' RoIAlign, so parity is like for like
+    if not args.no_optimize:  # traceable passes only; eager keeps the graphs' RoIAlign kernel
+        optimize(model, backend="export")
     graph = raw_graph(model)
     h, w = args.image_size
     if h % 32 or w % 32:

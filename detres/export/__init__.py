@@ -16,9 +16,8 @@ from detres.export.exporter import (
     parity_program,
     program_runner,
     raw_graph,
-    use_export_kernels,
 )
 
 __all__ = [
     "BoxGraph", "ExportedFasterRCNN", "RawGraph", "onnx_runner", "program_runner", "box_stage_inputs", "export_box_onnx", "export_box_program", "parity_box",
-    "export_onnx", "export_program", "parity_onnx", "parity_program", "raw_graph", "use_export_kernels"]
+    "export_onnx", "export_program", "parity_onnx", "parity_program", "raw_graph"]

@@ -25,9 +25,6 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detres.modeling.heads.roi_heads.pooler import MultiScaleRoIAlign
-
-
 
 class RawGraph(nn.Module):
     """A detector's traceable raw forward: [B, 3, H, W] normalized (unpadded) -> tuple of tensors.
@@ -66,16 +63,6 @@ class RawGraph(nn.Module):
         feats = m.features(x)
         logits, deltas = m.rpn.head([feats[lv] for lv in self.levels])
         return tuple(feats[k] for k in self.feature_names) + tuple(logits) + tuple(deltas)
-
-
-def use_export_kernels(model: nn.Module) -> nn.Module:
-    """Make ``model``'s RoI poolers use torchvision's RoIAlign kernel, the one the exported box stage
-    contains (ONNX ``RoiAlign``), so that ``model(images)`` and the exported graphs compute the same
-    thing (the CPU default, a gather over NHWC rows, agrees only to float rounding). Returns ``model``."""
-    for m in model.modules():
-        if isinstance(m, MultiScaleRoIAlign):
-            m.kernel = "torchvision"
-    return model
 
 
 def raw_graph(model: nn.Module) -> RawGraph:
@@ -124,17 +111,13 @@ class BoxGraph(nn.Module):
         return heads.scores_and_boxes(logits, deltas, rois[:, 1:])
 
     def reference(self, feats: list[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
-        """The same outputs through the model's own eager code (``StandardROIHeads.forward``), pooling
-        with torchvision's RoIAlign kernel like the exported graph."""
+        """The same outputs through the model's own eager code (``StandardROIHeads.forward``); the
+        reference pooler uses torchvision's RoIAlign kernel like the exported graph."""
         heads = self.roi_heads
         n_img = feats[0].shape[0]
         proposals = [rois[rois[:, 0] == i, 1:] for i in range(n_img)]
         order = torch.cat([torch.nonzero(rois[:, 0] == i, as_tuple=True)[0] for i in range(n_img)])
-        kernel, heads.pooler.kernel = heads.pooler.kernel, "torchvision"
-        try:
-            logits, deltas = heads(dict(zip(self.in_features, feats)), proposals)
-        finally:
-            heads.pooler.kernel = kernel
+        logits, deltas = heads(dict(zip(self.in_features, feats)), proposals)
         scores, boxes = heads.scores_and_boxes(logits, deltas, rois[order, 1:])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))
@@ -181,7 +164,7 @@ class ExportedFasterRCNN:
     ``BoxGraph`` (pooled levels, RoIs -> scores, boxes), each as ``onnx_runner`` / ``program_runner``
     or any callable of that form. Preprocessing, anchors, proposal selection, score threshold, NMS and
     rescaling are the model's own, so the result is comparable detection for detection with
-    ``model(images)`` (exactly so after ``use_export_kernels(model)``).
+    ``model(images)`` (exactly so for a model optimized with ``backend="export"`` or not at all).
     """
 
     def __init__(self, model: nn.Module, dense: Any, box: Any) -> None:
