@@ -24,11 +24,10 @@ from detres.export import (
     parity_program,
     program_runner,
     raw_graph,
-    use_export_kernels,
 )
 from detres.modeling.build import build_model
 from detres.modeling.heads.roi_heads.pooler import assign_levels
-from detres.modeling.fuse import optimize_for_inference
+from detres.runtime import optimize
 
 pytest.importorskip("onnxruntime")
 
@@ -50,7 +49,7 @@ def _inputs() -> tuple[torch.Tensor, list[torch.Tensor]]:
 @pytest.mark.parametrize("cfg", [FRCNN, DETR], ids=["faster_rcnn", "detr"])
 def test_onnx_and_program_match_eager(cfg: tuple[str, list[str]], tmp_path) -> None:
     torch.manual_seed(0)
-    model = optimize_for_inference(build_model(load_config(*cfg)))
+    model = optimize(build_model(load_config(*cfg)), backend="export")
     graph = raw_graph(model)
     example, checks = _inputs()
     path = export_onnx(graph, example, tmp_path / "m.onnx", opset=17)
@@ -78,7 +77,7 @@ def test_faster_rcnn_box_stage_matches_eager(tmp_path) -> None:
     """The second stage (pooled levels + RoIs -> class scores, decoded boxes) exports with a dynamic
     number of RoIs and batch/feature sizes, and matches the model's own eager RoI heads."""
     torch.manual_seed(0)
-    model = optimize_for_inference(build_model(load_config(*FRCNN)))
+    model = optimize(build_model(load_config(*FRCNN)), backend="export")
     graph = raw_graph(model)
     box = BoxGraph(model).eval()
     _, checks = _inputs()
@@ -101,14 +100,13 @@ def test_faster_rcnn_box_stage_matches_eager(tmp_path) -> None:
 def test_faster_rcnn_end_to_end_on_exported_graphs(tmp_path) -> None:
     """Both exported graphs with the model's eager glue give model(images)' detections, image for image."""
     torch.manual_seed(0)
-    model = optimize_for_inference(build_model(load_config(*FRCNN)))
+    model = optimize(build_model(load_config(*FRCNN)), backend="export")
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a confident class head, so that random weights give detections
         cls = model.roi_heads.box_predictor.cls_score
         cls.weight.copy_(torch.randn(cls.weight.shape, generator=g) * 0.01)
     # No top-100 cutoff: random scores near 1 tie at the cutoff, where float-level differences swap them.
     model.roi_heads.detections_per_image = 10_000
-    use_export_kernels(model)
     graph, box = raw_graph(model), BoxGraph(model).eval()
     example = torch.randn(2, 3, 128, 192, generator=g)
     box_example = box_stage_inputs(graph, example, num_rois=8)
