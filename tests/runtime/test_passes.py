@@ -19,7 +19,7 @@ from tests.runtime.models import assert_detections_match, images, max_rel_diff, 
 NNPACK = torch._nnpack_available()
 ONEDNN = torch.backends.mkldnn.is_available()
 # Big enough that Winograd's size rules (>= 512 pixels, >= 128 channels when NHWC) let it run.
-SIZES = ((384, 512), (320, 448))
+SIZES = ((256, 320), (224, 288))
 # Module type each pass puts in the model, and whether it can be absent on this build.
 MADE = {
     "fold_bn": (nn.Identity, True), "channels_last": (HWCFlattenBoxHead, True), "pointwise": (PointwiseConv2d, True),
