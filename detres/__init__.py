@@ -23,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from detres.predictor import Predictor
 
         return Predictor
+    if name == "runtime":  # imported on first use: inference passes, not needed to train
+        import importlib
+
+        return importlib.import_module("detres.runtime")
     raise AttributeError(f"module 'detres' has no attribute {name!r}")

@@ -47,8 +47,10 @@ class Predictor:
     >>> p = Predictor("configs/examples/shapes_faster_rcnn.yaml", "output/model_final.pth")
     >>> dets = p(["a.jpg", np_image])  # list of {"boxes", "scores", "labels", "class_names"}
 
-    ``optimize`` (default True) runs ``detres.modeling.fuse.optimize_for_inference`` with channels_last
-    and Winograd 3x3 convs once the weights are loaded; ``optimize=False`` keeps the model as built (e.g. to train it further).
+    ``optimize`` (default True) applies ``detres.runtime.optimize(model, backend="cpu")`` once the
+    weights are loaded (folded BN, NHWC, oneDNN / NNPACK kernels, the row-gather RoIAlign: the same
+    detections within each pass's tolerance); ``optimize=False`` keeps the reference model as built
+    (e.g. to train it further or save it).
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class Predictor:
         optimize: bool = True,
     ) -> None:
         from detres import build_model, load_checkpoint, load_config
-        from detres.modeling.fuse import optimize_for_inference
+        from detres.runtime import optimize as optimize_model
 
         self.cfg = config if isinstance(config, DictConfig) else load_config(config, list(overrides))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -77,8 +79,8 @@ class Predictor:
         self.class_names: list[str] | None = list(names or cfg_names or []) or None
         self.score_thresh = score_thresh
         self.batch_size = batch_size
-        if optimize:  # frozen BN folded, NHWC, oneDNN / NNPACK kernels: same detections to float tolerance
-            optimize_for_inference(self.model, channels_last=True, winograd=True)
+        if optimize:
+            optimize_model(self.model, backend="cpu")
 
     @torch.inference_mode()
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[dict[str, Any]]:

@@ -34,8 +34,10 @@ def test_predictor_inputs_and_optimized_equals_plain(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), rgb[:, :, ::-1])
     fast = Predictor(CFG[0], weights, overrides=CFG[1], device="cpu")
     plain = Predictor(CFG[0], weights, overrides=CFG[1], device="cpu", optimize=False)
-    from detres.modeling.fuse import PointwiseConv2d
+    from detres.runtime import BACKENDS
+    from detres.runtime.convs import PointwiseConv2d
 
+    assert list(fast.model.runtime_passes) == list(BACKENDS["cpu"])
     assert any(isinstance(m, PointwiseConv2d) for m in fast.model.modules())
     assert not any(isinstance(m, PointwiseConv2d) for m in plain.model.modules())
     outs = fast([rgb, Image.fromarray(rgb), str(tmp_path / "a.png")])

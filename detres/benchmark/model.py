@@ -48,18 +48,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
     parser.add_argument("--compare", choices=["torchvision", "unoptimized"], default=None,
                         help="also time torchvision's Faster R-CNN on the same converted weights, or the same "
-                             "detres model without optimize_for_inference (before/after)")
+                             "detres model without detres.runtime.optimize (before/after)")
     parser.add_argument("--torchvision-version", choices=["auto", "v1", "v2"], default="auto",
                         help="fasterrcnn_resnet50_fpn (v1) or _v2; auto: v2 when the config name says so")
-    parser.add_argument("--no-optimize", action="store_true", help="skip optimize_for_inference (BN folding)")
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="time the reference model: no detres.runtime passes at all")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="NHWC weights in optimize_for_inference (default on; faster with oneDNN on CPU)")
+                        help="the channels_last, pointwise and onednn_linear passes (default on; NHWC weights "
+                             "with oneDNN kernels on CPU)")
     parser.add_argument("--winograd", action=argparse.BooleanOptionalAction, default=True,
-                        help="3x3 stride-1 convs through NNPACK's Winograd kernels on CPU (default on; about 1e-5 "
-                             "relative error per conv instead of 1e-6)")
+                        help="the winograd pass: 3x3 stride-1 convs through NNPACK's Winograd kernels on CPU "
+                             "(default on; about 1e-5 relative error per conv instead of 1e-6)")
     parser.add_argument("--jit-freeze", action="store_true",
-                        help="trace+freeze backbone and neck per input shape (oneDNN prepacked, CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and neck")
+                        help="the jit_freeze pass: trace+freeze backbone and neck per input shape (oneDNN "
+                             "prepacked, CPU); turns the channels-last passes off")
+    parser.add_argument("--compile", action="store_true", help="the compile pass: torch.compile the backbone and neck")
     parser.add_argument("--amp", action="store_true", help="CUDA: autocast to float16")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -77,6 +80,23 @@ def count_flops(model: nn.Module, images: list[Tensor]) -> float:
     with counter, torch.inference_mode():
         model(images)
     return counter.get_total_flops() / 1e9
+
+
+def runtime_passes(args: argparse.Namespace) -> list[str]:
+    """The ``detres.runtime`` passes the flags select: ``BACKENDS["cpu"]`` less the channels-last trio
+    (``--no-channels-last`` or ``--jit-freeze``) or ``winograd`` (``--no-winograd``), plus
+    ``jit_freeze`` / ``compile`` when asked; none with ``--no-optimize``."""
+    from detres.runtime import BACKENDS
+
+    if args.no_optimize:
+        return []
+    drop = set()
+    if not args.channels_last or args.jit_freeze:
+        drop |= {"channels_last", "pointwise", "onednn_linear"}
+    if not args.winograd:
+        drop.add("winograd")
+    extra = [n for n, on in (("jit_freeze", args.jit_freeze), ("compile", args.compile)) if on]
+    return [n for n in BACKENDS["cpu"] if n not in drop] + extra
 
 
 def _build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
@@ -110,7 +130,7 @@ def _build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None, dict[
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Time the model (and the reference), check detections agree, print a table; return the figures."""
-    from detres.modeling.fuse import optimize_for_inference
+    from detres.runtime import optimize
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,14 +141,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ref = copy.deepcopy(model).eval()
         info["reference"] = "detres unoptimized"
     # FlopCounterMode sees neither TorchScript graphs nor the oneDNN ops the optimized model calls
-    # directly: count on the eager model before optimization.
-    flops_model = copy.deepcopy(model) if not args.no_optimize else model
+    # directly: count on the reference model before optimization.
+    passes = runtime_passes(args)
+    flops_model = copy.deepcopy(model) if passes else model
     flops_model.requires_grad_(False)
-    if not args.no_optimize:
-        optimize_for_inference(model, channels_last=args.channels_last and not args.jit_freeze,
-                               winograd=args.winograd, compile=args.compile,
-                               jit_freeze=args.jit_freeze)
-    model.to(device)
+    model.to(device)  # before the passes, so that CPU-only kernels are skipped on a GPU
+    optimize(model, passes=passes)
+    info["passes"] = dict(model.runtime_passes)
     if ref is not None:
         ref.to(device)
     cuda = device.type == "cuda"

@@ -63,13 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most this many images from a folder (0 = all)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="run the reference model, without detres.runtime.optimize's inference passes")
     args = parser.parse_args(argv)
 
     from detres.registry import import_modules
 
     import_modules(args.imports)
     pred = Predictor(args.config, args.weights, overrides=args.overrides, device=args.device,
-                     score_thresh=args.score_thresh, batch_size=args.batch_size)
+                     score_thresh=args.score_thresh, batch_size=args.batch_size, optimize=not args.no_optimize)
     src, out_dir = Path(args.input), Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not src.exists():

@@ -26,18 +26,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="example input size (multiples of 32, >= 64); the graphs accept other sizes")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic")
+    parser.add_argument("--no-optimize", "--no-fuse", dest="no_optimize", action="store_true",
+                        help="export the reference model, without detres.runtime.optimize(backend='export') "
+                             "(frozen BN folded into convs); --no-fuse is the old name")
     parser.add_argument("--atol", type=float, default=1e-3, help="parity tolerance on the graphs' head outputs")
     args = parser.parse_args(argv)
 
     from detres.checkpoint import load_checkpoint
     from detres.export import export_and_check, summary_lines
     from detres.modeling.build import build_model
+    from detres.runtime import optimize
 
     cfg = load_config_from_args(args)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if args.weights:
         print(load_checkpoint(model, args.weights))
+    if not args.no_optimize:  # traceable passes only (frozen BN folded into convs)
+        optimize(model, backend="export")
     report, ok = export_and_check(
         model, args.out, formats=tuple(args.format), image_size=tuple(args.image_size), opset=args.opset,
         dynamic=not args.static, atol=args.atol,

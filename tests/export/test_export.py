@@ -25,6 +25,7 @@ from detres.export import (
     record_graph_inputs,
 )
 from detres.modeling.build import build_model
+from detres.runtime import optimize
 
 pytest.importorskip("onnxruntime")
 
@@ -37,6 +38,7 @@ DETR = ("configs/detr/detr_r50_150e_coco.yaml", [
 
 
 def _model(cfg: tuple[str, list[str]]) -> torch.nn.Module:
+    """A random-weight model with the export passes applied, as the export tool does."""
     torch.manual_seed(0)
     model = build_model(load_config(*cfg)).eval()
     if hasattr(model, "roi_heads"):  # a confident class head, so that random weights give detections
@@ -46,8 +48,7 @@ def _model(cfg: tuple[str, list[str]]) -> torch.nn.Module:
             cls.weight.copy_(torch.randn(cls.weight.shape, generator=g) * 0.01)
         # No top-100 cutoff: random scores near 1 tie at the cutoff, where float-level differences swap them.
         model.roi_heads.detections_per_image = 10_000
-        model.roi_heads.box_pooler.kernel = "torchvision"  # MERGE: drop (the reference pooler is torchvision's)
-    return model
+    return optimize(model, backend="export")
 
 
 @pytest.mark.parametrize("cfg", [FRCNN, DETR], ids=["faster_rcnn", "detr"])

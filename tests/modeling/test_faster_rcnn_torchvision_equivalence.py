@@ -18,6 +18,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_res
 
 from detres.benchmark.reference import compare_detections
 from detres.checkpoint import convert_state_dict
+from detres.runtime import optimize
 from tests.modeling.frcnn_utils import build_from_config
 
 SIZES = [(168, 224), (224, 150), (130, 190)]
@@ -84,19 +85,20 @@ def _compare(v2: bool) -> None:
         ref = tv(tv_in)
         il, _ = tv.transform(tv_in)
         tv_props, _ = tv.rpn(il, tv.backbone(il.tensors))
-        default_kernel = model(images)  # CPU RoIAlign as an NHWC row gather (detres' default)
-        # Bit-for-bit kernels below: torchvision's RoIAlign, so what differs is float reassociation
-        # only (the gather is checked against it in test_roi_align_rows.py).
-        model.roi_heads.box_pooler.kernel = "torchvision"
+        # The reference model pools with torchvision's RoIAlign, so what differs is float
+        # reassociation only.
         out = model(images)
         batch = model.preprocess(images, resize=True)
         raw = model.forward_raw(batch)
         alone = [model([im])[0] for im in images]
         ref_alone = [tv([x])[0] for x in tv_in]
-    # The default kernel's detections match as sets (near-tied scores may swap order). Its pooled
-    # features differ by float rounding (2e-7 relative), which these random heads (pooled values up
-    # to ~1e3, a 4-conv head in v2) amplify to a few hundredths of a pixel in the box regression.
-    check = compare_detections(default_kernel, ref, atol=5e-2, score_atol=1e-5)
+        # The runtime pass's CPU RoIAlign, an NHWC row gather (checked against torchvision's kernel
+        # in tests/runtime/test_roi_align_rows.py).
+        gathered = optimize(model, passes=["roi_align_rows"])(images)
+    # The gather's detections match as sets (near-tied scores may swap order). Its pooled features
+    # differ by float rounding (2e-7 relative), which these random heads (pooled values up to ~1e3,
+    # a 4-conv head in v2) amplify to a few hundredths of a pixel in the box regression.
+    check = compare_detections(gathered, ref, atol=5e-2, score_atol=1e-5)
     assert check["identical"], check
     for ours, theirs in zip(raw["proposals"], tv_props):
         assert ours.shape == theirs.shape and ours.shape[0] >= 30

@@ -85,26 +85,3 @@ def test_loss_parity_with_torchvision() -> None:
     torch.testing.assert_close(losses["loss_cls"], tv_losses["loss_classifier"], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(losses["loss_box"], tv_losses["loss_box_reg"], rtol=1e-5, atol=1e-7)
     assert losses["loss_box"] > 0
-
-
-def test_box_head_channels_last_flatten_keeps_outputs_and_checkpoints() -> None:
-    """The permuted first FC gives the same features for channels-last and NCHW inputs, and
-    state_dict / load_state_dict still speak the (C, R, R) column order."""
-    from detres.modeling.heads.roi_heads import ConvFCHead
-
-    torch.manual_seed(0)
-    head = ConvFCHead(8, 7, conv_dims=[8], fc_dims=[16, 16]).eval()
-    plain = ConvFCHead(8, 7, conv_dims=[8], fc_dims=[16, 16]).eval()
-    x = torch.randn(5, 8, 7, 7)
-    with torch.no_grad():
-        ref = head(x)
-        before = {k: v.clone() for k, v in head.state_dict().items()}
-        head.flatten_channels_last()
-        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
-            torch.testing.assert_close(head(inp), ref, rtol=1e-5, atol=1e-6)
-        after = head.state_dict()
-        assert all(torch.equal(after[k], before[k]) for k in before)
-        plain.load_state_dict(after)
-        torch.testing.assert_close(plain(x), ref, rtol=1e-5, atol=1e-6)
-        head.load_state_dict(before)  # a checkpoint loaded after the switch is permuted on the way in
-        torch.testing.assert_close(head(x), ref, rtol=1e-5, atol=1e-6)

@@ -1,8 +1,7 @@
 """Normalization layers by name: bn, frozen_bn, syncbn, gn."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 NORMS = ("bn", "frozen_bn", "syncbn", "gn")
@@ -45,22 +44,3 @@ def freeze_module(module: nn.Module) -> None:
         else:
             freeze_module(child)
 
-
-def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
-    """``norm(conv(x))``, with a FrozenBatchNorm2d applied to the conv's weights instead of its output.
-
-    A frozen norm is a fixed affine map per channel, so ``conv(x, w) * s + t == conv(x, w * s) + t``:
-    scaling the weights costs one multiply per weight instead of a multiply and an add over the whole
-    feature map (and their backward pass). Gradients reach ``w`` unchanged, so this holds in training
-    too; any other norm (or an ``nn.Identity`` left by ``fold_frozen_bn``) runs as usual, and so does a
-    pair with forward hooks on either module, so that hooks keep seeing the modules' own outputs.
-    """
-    hooked = conv._forward_hooks or conv._forward_pre_hooks or norm._forward_hooks or norm._forward_pre_hooks
-    if hooked or not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
-        return norm(conv(x))
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-    shift = norm.bias - norm.running_mean * scale
-    if conv.bias is not None:
-        shift = shift + conv.bias * scale
-    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
-    return F.conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from detres.checkpoint import load_backbone_weights
 from detres.modeling.backbones.base import Backbone
-from detres.modeling.backbones.norm import conv_norm, freeze_module, make_norm, to_frozen_bn
+from detres.modeling.backbones.norm import freeze_module, make_norm, to_frozen_bn
 from detres.registry import BACKBONES
 from detres.structures import ShapeSpec
 
@@ -41,9 +41,9 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride=stride, bias=False), make_norm(norm, planes))
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
-        out = self.relu(conv_norm(self.conv1, self.bn1, x))
-        out = conv_norm(self.conv2, self.bn2, out)
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
         out += identity  # in place: saves allocating a full feature map (the conv output is not needed again)
         return self.relu(out)
 
@@ -69,10 +69,10 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), make_norm(norm, cout))
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
-        out = self.relu(conv_norm(self.conv1, self.bn1, x))
-        out = self.relu(conv_norm(self.conv2, self.bn2, out))
-        out = conv_norm(self.conv3, self.bn3, out)
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
         out += identity  # in place: saves allocating a full feature map (the conv output is not needed again)
         return self.relu(out)
 
@@ -182,7 +182,7 @@ class ResNet(Backbone):
 
     def extract_features(self, x: Tensor) -> dict[str, Tensor]:
         """[B, 3, H, W] -> {"res2".."res5": [B, C_k, H/2^k, W/2^k]} for every stage."""
-        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out: dict[str, Tensor] = {}
         for i in range(4):
             x = getattr(self, f"layer{i + 1}")(x)

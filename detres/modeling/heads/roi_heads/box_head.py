@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,13 +16,10 @@ class ConvFCHead(nn.Module):
 
     ``conv_dims=[], fc_dims=[1024, 1024]`` is the 2-FC head of both references; ``conv_dims=[256]*4,
     fc_dims=[1024]`` with ``norm`` is the "4conv1fc" head (torchvision v2 uses ``bn``, detectron2 ``gn``).
-    Input [N, C, R, R] -> [N, fc_dims[-1]] (or the flattened conv output when ``fc_dims`` is empty).
+    Input [N, C, R, R] -> [N, fc_dims[-1]] (or the flattened conv output when ``fc_dims`` is empty);
+    the flatten is in (C, R, R) order, the first FC's column order in every checkpoint.
     ``channels`` (C) and ``resolution`` (R) are injected by the ROI heads from the input shape and the
     pooler's ``output_size``; ``out_dim`` is the feature size the predictor is built for.
-
-    ``flatten_channels_last()`` (inference) makes the head flatten in (R, R, C) order, a free view of
-    a channels-last input, with the first FC's columns permuted to match; ``state_dict`` and
-    ``load_state_dict`` keep using the (C, R, R) order, so checkpoints do not change.
     """
 
     def __init__(self, channels: int, resolution: int, conv_dims: Sequence[int] = (), fc_dims: Sequence[int] = (1024, 1024), norm: str = "") -> None:
@@ -41,10 +37,7 @@ class ConvFCHead(nn.Module):
             self.fcs.append(nn.Linear(dim, d))
             dim = d
         self.out_dim = dim
-        self._flat_chw = (channels, resolution, resolution)
-        self.channels_last_flatten = False
-        self.register_state_dict_post_hook(_fc_columns_to_chw)
-        self.register_load_state_dict_pre_hook(_fc_columns_from_chw)
+        self.flat_shape = (channels, resolution, resolution)  # (C, R, R) seen by the flatten
         for m in self.modules():  # detectron2's init: MSRA fill for convs, Xavier for FCs
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -53,42 +46,13 @@ class ConvFCHead(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 nn.init.constant_(m.bias, 0)
 
-    @torch.no_grad()
-    def flatten_channels_last(self) -> None:
-        """Flatten inputs in (R, R, C) order from now on (no-op without FC layers or when already set)."""
-        if self.channels_last_flatten or not len(self.fcs):
-            return
-        fc = self.fcs[0]
-        fc.weight.data = _permute_columns(fc.weight.data, self._flat_chw, to_hwc=True)
-        self.channels_last_flatten = True
-
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
             x = F.relu(conv(x), inplace=True)
-        x = x.permute(0, 2, 3, 1).flatten(1) if self.channels_last_flatten else x.flatten(1)
+        x = x.flatten(1)
         for fc in self.fcs:
             x = F.relu(fc(x), inplace=True)
         return x
-
-
-def _permute_columns(w: Tensor, chw: tuple[int, int, int], to_hwc: bool) -> Tensor:
-    """[D, C*R*R] columns in (C, R, R) order -> (R, R, C) order (``to_hwc``) or back."""
-    c, h, wd = chw
-    if to_hwc:
-        return w.reshape(-1, c, h, wd).permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
-    return w.reshape(-1, h, wd, c).permute(0, 3, 1, 2).reshape(w.shape[0], -1).contiguous()
-
-
-def _fc_columns_to_chw(module: ConvFCHead, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    key = prefix + "fcs.0.weight"
-    if module.channels_last_flatten and key in state_dict:
-        state_dict[key] = _permute_columns(state_dict[key], module._flat_chw, to_hwc=False)
-
-
-def _fc_columns_from_chw(module: ConvFCHead, state_dict: dict, prefix: str, *args: object) -> None:
-    key = prefix + "fcs.0.weight"
-    if module.channels_last_flatten and key in state_dict:
-        state_dict[key] = _permute_columns(state_dict[key], module._flat_chw, to_hwc=True)
 
 
 @HEADS.register()

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from detres.modeling.heads.roi_heads.roi_align_rows import roi_align_rows
 from detres.registry import HEADS
 
 LEVEL_ASSIGNMENTS = ("detectron2", "torchvision")
@@ -42,10 +41,8 @@ class MultiScaleRoIAlign(nn.Module):
         aligned: half-pixel shift (detectron2's ROIAlignV2: True; torchvision: False).
         level_assignment: ``detectron2`` or ``torchvision`` rounding of the level formula.
 
-    ``kernel``: ``"auto"`` (default) pools CPU features with ``roi_align_rows`` (3-4x faster than
-    torchvision's kernel forward and backward, fastest on channels-last features; the result is a
-    channels-last [sum N_i, C, R, R] tensor) and other devices with ``torchvision.ops.roi_align``;
-    ``"rows"`` / ``"torchvision"`` force one. Both give the same values to float rounding.
+    Pools with ``torchvision.ops.roi_align``; ``detres.runtime``'s ``roi_align_rows`` pass swaps in a
+    faster CPU gather for inference.
     """
 
     def __init__(
@@ -69,7 +66,6 @@ class MultiScaleRoIAlign(nn.Module):
         self.output_size, self.sampling_ratio, self.aligned = output_size, sampling_ratio, aligned
         self.level_assignment = level_assignment
         self.canonical_box_size, self.canonical_level = canonical_box_size, canonical_level
-        self.kernel = "auto"
 
     def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """feats: per level [B, C, H, W]; boxes: per image [N_i, 4] xyxy -> [sum N_i, C, R, R]."""
@@ -79,18 +75,15 @@ class MultiScaleRoIAlign(nn.Module):
         """feats: per level [B, C, H, W]; rois: [N, 5] (batch index, xyxy) -> [N, C, R, R]; each RoI
         from its own level, gathered with ``nonzero`` (data-dependent shapes)."""
         r, c = self.output_size, feats[0].shape[1]
-        rows = self.kernel == "rows" or self.kernel == "auto" and feats[0].device.type == "cpu"
-        pool = roi_align_rows if rows else roi_align  # [N, R, R, C] / [N, C, R, R]
         if len(feats) == 1:
-            out = pool(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
-        else:
-            lv = self.levels(rois)
-            out = feats[0].new_zeros((rois.shape[0], r, r, c) if rows else (rois.shape[0], c, r, r))
-            for k, (x, scale) in enumerate(zip(feats, self.scales)):
-                idx = torch.nonzero(lv == k, as_tuple=True)[0]
-                if idx.numel():
-                    out[idx] = pool(x, rois[idx], r, scale, self.sampling_ratio, self.aligned).to(out.dtype)
-        return out.permute(0, 3, 1, 2) if rows else out
+            return roi_align(feats[0], rois, r, self.scales[0], self.sampling_ratio, self.aligned)
+        lv = self.levels(rois)
+        out = feats[0].new_zeros((rois.shape[0], c, r, r))
+        for k, (x, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.nonzero(lv == k, as_tuple=True)[0]
+            if idx.numel():
+                out[idx] = roi_align(x, rois[idx], r, scale, self.sampling_ratio, self.aligned).to(out.dtype)
+        return out
 
     def pool_static(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         """``pool`` with shapes that depend only on N (traceable, for export): every RoI is pooled

@@ -1,5 +1,5 @@
 """``roi_align_rows`` (RoIAlign as a weighted gather of NHWC rows) against ``torchvision.ops.roi_align``,
-and the pooler's two kernels against each other."""
+and the runtime pooler (``RowGatherRoIAlign``) against the reference ``MultiScaleRoIAlign``."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,9 @@ import torch
 from torchvision.ops import roi_align
 
 from detres.modeling.heads.roi_heads import MultiScaleRoIAlign
-from detres.modeling.heads.roi_heads.roi_align_rows import roi_align_rows
+from detres.runtime.passes import roi_align_rows as roi_align_rows_pass
+from detres.runtime.heads import RowGatherRoIAlign
+from detres.runtime.roi_align_rows import roi_align_rows
 
 
 def _rois(n: int, batch: int, size: tuple[int, int], stride: int, g: torch.Generator) -> torch.Tensor:
@@ -48,16 +50,20 @@ def test_empty_and_gradient() -> None:
 
 
 @pytest.mark.parametrize("levels", [1, 4])
-def test_pooler_kernels_agree(levels: int) -> None:
-    """The pooler's CPU default (the row gather, channels-last output) equals torchvision's kernel."""
+def test_row_gather_pooler_equals_reference_pooler(levels: int) -> None:
+    """The runtime pooler (the row gather, channels-last output) equals the reference pooler
+    (torchvision's kernel) to float rounding, and the pass puts it in the reference's place."""
     g = torch.Generator().manual_seed(levels)
     strides = [2**k for k in range(2, 2 + levels)]
     feats = [torch.randn(2, 8, 128 // s, 96 // s, generator=g) for s in strides]
     boxes = [_rois(40, 1, (32, 24), 4, g)[:, 1:], _rois(25, 1, (32, 24), 4, g)[:, 1:]]
     pooler = MultiScaleRoIAlign(strides, 7, 2, False, "torchvision")
-    got = pooler(feats, boxes)
-    pooler.kernel = "torchvision"
     ref = pooler(feats, boxes)
+    holder = torch.nn.ModuleDict({"pool": pooler})
+    assert roi_align_rows_pass(holder) == 1 and type(holder["pool"]) is RowGatherRoIAlign
+    runtime = holder["pool"]
+    assert (runtime.output_size, runtime.scales, runtime.sampling_ratio) == (7, pooler.scales, 2)
+    got = runtime(feats, boxes)
     assert got.shape == ref.shape == (65, 8, 7, 7)
     assert got.is_contiguous(memory_format=torch.channels_last) and ref.is_contiguous()
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
