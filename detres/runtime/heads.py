@@ -1,5 +1,5 @@
-"""Runtime replacements for head modules: oneDNN linear layers, a box head that flattens NHWC pooled
-features without a copy, and a multi-scale RoIAlign on the CPU row gather."""
+"""Runtime replacements for head modules: oneDNN linear layers and a box head that flattens NHWC
+pooled features without a copy (the row-gather pooler is ``GatherRoIAlign``, a reference module)."""
 from __future__ import annotations
 
 import torch
@@ -7,9 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from detres.modeling.heads.roi_heads import ConvFCHead, MultiScaleRoIAlign
-from detres.modeling.heads.roi_heads.pooler import boxes_to_rois
-from detres.runtime.roi_align_rows import roi_align_rows
+from detres.modeling.heads.roi_heads import ConvFCHead
 
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -65,67 +63,3 @@ class HWCFlattenBoxHead(nn.Module):
         for fc in self.fcs:
             x = F.relu(fc(x), inplace=True)
         return x
-
-
-class RowGatherRoIAlign(nn.Module):
-    """``MultiScaleRoIAlign`` pooling CPU features with ``roi_align_rows`` (a weighted gather of NHWC
-    pixel rows, 5-9x faster than torchvision's CPU kernel on channels-last maps); other devices use
-    the reference pooler. Same levels and sample points as ``reference``: pooled values agree with
-    ``torchvision.ops.roi_align`` to float rounding (1e-5). Returns a channels-last [N, C, R, R].
-
-    The reference pooler (parameter-free) is held outside the module tree, so that passes do not
-    find it again.
-    """
-
-    def __init__(self, reference: MultiScaleRoIAlign) -> None:
-        super().__init__()
-        self._reference = (reference,)
-
-    @property
-    def reference(self) -> MultiScaleRoIAlign:
-        """The reference pooler this one replaced (its levels, scales and sampling)."""
-        return self._reference[0]
-
-    @property
-    def output_size(self) -> int:
-        return self.reference.output_size
-
-    @property
-    def scales(self) -> list[float]:
-        return self.reference.scales
-
-    @property
-    def sampling_ratio(self) -> int:
-        return self.reference.sampling_ratio
-
-    @property
-    def aligned(self) -> bool:
-        return self.reference.aligned
-
-    def levels(self, rois: Tensor) -> Tensor:
-        """[N] level index of ``rois`` [N, 5], as the reference pooler."""
-        return self.reference.levels(rois)
-
-    def forward(self, feats: list[Tensor], boxes: list[Tensor]) -> Tensor:
-        """feats: per level [B, C, H, W]; boxes: per image [N_i, 4] xyxy -> [sum N_i, C, R, R]."""
-        return self.pool(feats, boxes_to_rois(boxes))
-
-    def pool(self, feats: list[Tensor], rois: Tensor) -> Tensor:
-        """feats: per level [B, C, H, W]; rois [N, 5] (batch index, xyxy) -> [N, C, R, R]."""
-        if feats[0].device.type != "cpu":
-            return self.reference.pool(feats, rois)
-        r, c, sr, aligned = self.output_size, feats[0].shape[1], self.sampling_ratio, self.aligned
-        if len(feats) == 1:
-            out = roi_align_rows(feats[0], rois, r, self.scales[0], sr, aligned)
-        else:
-            lv = self.levels(rois)
-            out = feats[0].new_zeros((rois.shape[0], r, r, c))
-            for k, (x, scale) in enumerate(zip(feats, self.scales)):
-                idx = torch.nonzero(lv == k, as_tuple=True)[0]
-                if idx.numel():
-                    out[idx] = roi_align_rows(x, rois[idx], r, scale, sr, aligned).to(out.dtype)
-        return out.permute(0, 3, 1, 2)  # [N, R, R, C] -> a channels-last [N, C, R, R] view
-
-    def pool_static(self, feats: list[Tensor], rois: Tensor) -> Tensor:
-        """The reference's traceable pooling (export graphs trace torchvision's kernel)."""
-        return self.reference.pool_static(feats, rois)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detres.modeling.heads.roi_heads import ConvFCHead, MultiScaleRoIAlign
+from detres.modeling.heads.roi_heads import ConvFCHead, GatherRoIAlign, MultiScaleRoIAlign
 from detres.modeling.heads.rpn import RPN
 from detres.modeling.necks import FPN, ChannelMapper
 from detres.runtime.convs import (
@@ -24,7 +24,7 @@ from detres.runtime.convs import (
     nnpack_ready,
 )
 from detres.runtime.dense import FrozenDense
-from detres.runtime.heads import ONEDNN_LINEAR, HWCFlattenBoxHead, OneDNNLinear, RowGatherRoIAlign
+from detres.runtime.heads import ONEDNN_LINEAR, HWCFlattenBoxHead, OneDNNLinear
 
 
 def replace_modules(model: nn.Module, match: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> int:
@@ -130,14 +130,14 @@ def winograd(model: nn.Module) -> int:
 
 
 def roi_align_rows(model: nn.Module) -> int:
-    """Every ``MultiScaleRoIAlign`` -> ``RowGatherRoIAlign`` (RoIAlign as a weighted gather of NHWC
-    pixel rows on CPU; the reference pooler elsewhere).
+    """Every ``MultiScaleRoIAlign`` -> ``GatherRoIAlign`` (RoIAlign as a weighted gather of NHWC pixel
+    rows; a CPU pass, skipped for models on other devices).
 
     Contract: pooled features equal ``torchvision.ops.roi_align``'s to float rounding (1e-5); the
     same levels and sample points. Detections match as sets; on random heads that amplify pooled
     values, boxes within 5e-2 px and scores within 1e-5 (``test_faster_rcnn_torchvision_equivalence``).
     """
-    return replace_modules(model, lambda m: type(m) is MultiScaleRoIAlign, RowGatherRoIAlign)
+    return replace_modules(model, lambda m: type(m) is MultiScaleRoIAlign, GatherRoIAlign.like)
 
 
 def jit_freeze(model: nn.Module) -> int:

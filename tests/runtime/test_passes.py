@@ -13,7 +13,8 @@ from detres.modeling.heads.roi_heads import ConvFCHead, MultiScaleRoIAlign
 from detres.runtime import PASSES, optimize
 from detres.runtime.convs import PointwiseConv2d, WinogradConv2d
 from detres.runtime.dense import FrozenDense
-from detres.runtime.heads import HWCFlattenBoxHead, OneDNNLinear, RowGatherRoIAlign
+from detres.modeling.heads.roi_heads.pooler import GatherRoIAlign
+from detres.runtime.heads import HWCFlattenBoxHead, OneDNNLinear
 from tests.runtime.models import assert_detections_match, images, max_rel_diff, tiny_detr, tiny_frcnn
 
 NNPACK = torch._nnpack_available()
@@ -24,7 +25,7 @@ SIZES = ((256, 320), (224, 288))
 MADE = {
     "fold_bn": (nn.Identity, True), "channels_last": (HWCFlattenBoxHead, True), "pointwise": (PointwiseConv2d, True),
     "onednn_linear": (OneDNNLinear, ONEDNN), "winograd": (WinogradConv2d, NNPACK),
-    "roi_align_rows": (RowGatherRoIAlign, True),
+    "roi_align_rows": (GatherRoIAlign, True),
 }
 
 

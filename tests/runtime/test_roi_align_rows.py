@@ -1,5 +1,5 @@
 """``roi_align_rows`` (RoIAlign as a weighted gather of NHWC rows) against ``torchvision.ops.roi_align``,
-and the runtime pooler (``RowGatherRoIAlign``) against the reference ``MultiScaleRoIAlign``."""
+and the runtime pooler (``GatherRoIAlign``) against the reference ``MultiScaleRoIAlign``."""
 from __future__ import annotations
 
 import pytest
@@ -8,8 +8,8 @@ from torchvision.ops import roi_align
 
 from detres.modeling.heads.roi_heads import MultiScaleRoIAlign
 from detres.runtime.passes import roi_align_rows as roi_align_rows_pass
-from detres.runtime.heads import RowGatherRoIAlign
-from detres.runtime.roi_align_rows import roi_align_rows
+from detres.modeling.heads.roi_heads.pooler import GatherRoIAlign
+from detres.modeling.layers.roi_align_rows import roi_align_rows
 
 
 def _rois(n: int, batch: int, size: tuple[int, int], stride: int, g: torch.Generator) -> torch.Tensor:
@@ -60,10 +60,33 @@ def test_row_gather_pooler_equals_reference_pooler(levels: int) -> None:
     pooler = MultiScaleRoIAlign(strides, 7, 2, False, "torchvision")
     ref = pooler(feats, boxes)
     holder = torch.nn.ModuleDict({"pool": pooler})
-    assert roi_align_rows_pass(holder) == 1 and type(holder["pool"]) is RowGatherRoIAlign
+    assert roi_align_rows_pass(holder) == 1 and type(holder["pool"]) is GatherRoIAlign
     runtime = holder["pool"]
     assert (runtime.output_size, runtime.scales, runtime.sampling_ratio) == (7, pooler.scales, 2)
     got = runtime(feats, boxes)
     assert got.shape == ref.shape == (65, 8, 7, 7)
     assert got.is_contiguous(memory_format=torch.channels_last) and ref.is_contiguous()
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_gather_pooler_trains_like_reference_and_is_a_config_line() -> None:
+    """``GatherRoIAlign`` (a reference module, chosen by config for CPU training) gives the reference
+    pooler's gradients on every level, and one override line selects it."""
+    g = torch.Generator().manual_seed(7)
+    strides = [4, 8, 16, 32]
+    feats = [torch.randn(2, 8, 256 // s, 192 // s, generator=g, requires_grad=True) for s in strides]
+    boxes = [_rois(60, 1, (64, 48), 4, g)[:, 1:], _rois(30, 1, (64, 48), 4, g)[:, 1:]]
+    grads = []
+    for cls in (MultiScaleRoIAlign, GatherRoIAlign):
+        for f in feats:
+            f.grad = None
+        cls(strides, 7, 0, True).forward(feats, boxes).square().sum().backward()
+        grads.append([torch.zeros_like(f) if f.grad is None else f.grad.clone() for f in feats])
+    for ref, got in zip(*grads):
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+    from detres import build_model, load_config
+
+    cfg = load_config("configs/examples/shapes_faster_rcnn.yaml",
+                      ["model.roi_heads.box_pooler._target_=GatherRoIAlign"])
+    assert type(build_model(cfg).roi_heads.box_pooler) is GatherRoIAlign

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from detres.modeling.heads.roi_heads.box_head import BoxPredictor, ConvFCHead
-from detres.modeling.heads.roi_heads.pooler import MultiScaleRoIAlign, assign_levels
+from detres.modeling.heads.roi_heads.pooler import GatherRoIAlign, MultiScaleRoIAlign, assign_levels
 from detres.modeling.heads.roi_heads.roi_heads import StandardROIHeads
 
-__all__ = ["BoxPredictor", "ConvFCHead", "MultiScaleRoIAlign", "assign_levels", "StandardROIHeads"]
+__all__ = ["BoxPredictor", "ConvFCHead", "GatherRoIAlign", "MultiScaleRoIAlign", "assign_levels", "StandardROIHeads"]
