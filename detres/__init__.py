@@ -1,30 +1,38 @@
 """detres: object detection in plain PyTorch (see DESIGN.md for the public API).
 
-Importing ``detres`` (which any ``import detres.x`` does first) imports the packages whose classes
-register themselves (``detres.data``, ``detres.modeling``), so every built-in registered name is
-present whenever anything under detres is imported; ``detres.registry`` itself imports none of them.
+Importing ``detres`` is light: the public names below are imported on first use, so that a tool that
+needs no model (``tools/eval.py --gt A --results R``) never imports torch. Built-in registered names
+are loaded by the registry on the first lookup (``detres.registry.BUILTIN_PACKAGES``).
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
-from detres import data, modeling  # noqa: F401  (their imports fill the registries)
-from detres.checkpoint import load_checkpoint
-from detres.config import load_config
-from detres.modeling import build_model
-
 __all__ = ["load_config", "build_model", "load_checkpoint", "Predictor", "__version__"]
+
+#: public name -> module that defines it (imported on first access)
+_LAZY = {
+    "load_config": "detres.config",
+    "build_model": "detres.modeling",
+    "load_checkpoint": "detres.checkpoint",
+    "Predictor": "detres.predictor",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Predictor":  # imported lazily: it pulls in runtime passes and image reading
-        from detres.predictor import Predictor
-
-        return Predictor
-    if name == "runtime":  # imported on first use: inference passes, not needed to train
-        import importlib
-
-        return importlib.import_module("detres.runtime")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if not name.startswith("__"):
+        try:  # subpackages: detres.runtime, detres.data, ...
+            return importlib.import_module(f"detres.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"detres.{name}":
+                raise
     raise AttributeError(f"module 'detres' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "runtime"])

@@ -42,7 +42,7 @@ def test_builtin_registrations() -> None:
 
 def test_locate_dotted_path_and_unknown() -> None:
     assert locate("torch.optim.AdamW") is torch.optim.AdamW
-    assert locate("torch.nn.functional.relu") is torch.nn.functional.relu
+    assert locate("torch.nn.ReLU") is torch.nn.ReLU
     with pytest.raises(KeyError) as e:
         locate("ResNot")
     assert "'ResNot'" in e.value.args[0] and "ResNet" in e.value.args[0]

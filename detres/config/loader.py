@@ -163,6 +163,12 @@ def validate_config(cfg: DictConfig) -> None:
             validate_schema(value, sch, key)
         else:
             validate_node(value, key)
+    loader = (data.get("train") or {}).get("train_loader") if isinstance(data.get("train"), Mapping) else None
+    if loader:  # a dotted path the trainer calls: the same rules as a `_target_`
+        try:
+            locate(loader)
+        except KeyError as e:
+            raise ConfigError(f"train.train_loader: {e.args[0]}") from None
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> DictConfig:

@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from detres.config.loader import infer_num_classes  # noqa: F401  (re-exported: detres.data's name for it)
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from detres.data.transforms import Compose
-from detres.registry import instantiate, locate
+from detres.registry import config_builder, instantiate, locate
 from detres.structures import Sample
 
 logger = logging.getLogger("detres.data")
@@ -120,6 +120,7 @@ class TestLoader:
         return len(self._loader)
 
 
+@config_builder
 def build_train_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, start_iter: int = 0,
                        seed: int | None = None, dataset: Any = None) -> TrainLoader:
     """Infinite training batches (``list[Sample]``) of ``cfg.train.batch_size // world_size`` images.

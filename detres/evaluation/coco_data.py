@@ -179,11 +179,66 @@ def detections(results: str | Path | list | dict, gt: GroundTruth, source: str |
             raise ValueError(f"{source}: detection #{i} lacks {missing}; bbox evaluation needs image_id, "
                              "category_id, bbox [x, y, w, h] and score")
     m = len(dets)
-    d_img = np.asarray([d["image_id"] for d in dets], dtype=np.int64).reshape(m)
-    d_cat = np.asarray([d["category_id"] for d in dets], dtype=np.int64).reshape(m)
-    boxes = _boxes([d["bbox"] for d in dets], "detection #", list(range(m)), source)
-    scores = np.asarray([d["score"] for d in dets], dtype=np.float64).reshape(m)
+    img_vals, cat_vals = [d["image_id"] for d in dets], [d["category_id"] for d in dets]
+    _check_types(img_vals, "image_id", _is_int, "an integer id", source)
+    _check_types(cat_vals, "category_id", _is_int, "an integer id", source)
+    score_vals = [d["score"] for d in dets]
+    _check_types(score_vals, "score", _is_number, "a finite number", source)
+    box_rows = [d["bbox"] for d in dets]
+    for i, b in enumerate(box_rows if not set(map(type, box_rows)) <= {list, tuple} else ()):
+        if not isinstance(b, (list, tuple)):
+            raise ValueError(f"{source}: detection #{i}: field 'bbox' is {b!r}; expected 4 numbers [x, y, w, h]")
+    _check_types([v for b in box_rows for v in b], "bbox", _is_number, "4 finite numbers [x, y, w, h]", source,
+                 index=lambda k: _row_of(box_rows, k))
+    d_img = np.asarray(img_vals, dtype=np.int64).reshape(m)
+    d_cat = np.asarray(cat_vals, dtype=np.int64).reshape(m)
+    boxes = _boxes(box_rows, "detection #", list(range(m)), source)
+    scores = np.asarray(score_vals, dtype=np.float64).reshape(m)
+    _check_finite(boxes, scores, source)
+    neg = np.flatnonzero((boxes[:, 2:] < 0).any(1))
+    if len(neg):
+        i = int(neg[0])
+        raise ValueError(f"{source}: detection #{i}: field 'bbox' {boxes[i].tolist()} has a negative width or height "
+                         f"({len(neg)} such detections); a results box is [x, y, w, h] with w, h >= 0 "
+                         "(pycocotools would silently ignore it and change the score)")
     return detections_from_arrays(d_img, d_cat, boxes, scores, gt, source)
+
+
+def _is_int(t: type) -> bool:
+    return t is int or (issubclass(t, np.integer) and t is not np.bool_)
+
+
+def _is_number(t: type) -> bool:
+    return t is not bool and t is not np.bool_ and (t in (int, float) or issubclass(t, (np.integer, np.floating)))
+
+
+def _row_of(rows: list, k: int) -> int:
+    """Index of the row holding the ``k``-th value of the flattened ``rows``."""
+    for i, r in enumerate(rows):
+        if k < len(r):
+            return i
+        k -= len(r)
+    return len(rows) - 1
+
+
+def _check_types(values: list, field: str, ok: Any, expected: str, source: str, index: Any = None) -> None:
+    """Raise naming the first detection whose ``field`` has a type ``ok`` refuses (one pass over types)."""
+    if all(ok(t) for t in set(map(type, values))):
+        return
+    k = next(k for k, v in enumerate(values) if not ok(type(v)))
+    i = index(k) if index is not None else k
+    raise ValueError(f"{source}: detection #{i}: field '{field}' is {values[k]!r} ({type(values[k]).__name__}); "
+                     f"expected {expected} (bool and strings are not accepted)")
+
+
+def _check_finite(boxes: np.ndarray, scores: np.ndarray, source: str) -> None:
+    for field, bad in (("bbox", ~np.isfinite(boxes).all(1)), ("score", ~np.isfinite(scores))):
+        idx = np.flatnonzero(bad)
+        if len(idx):
+            i = int(idx[0])
+            value = boxes[i].tolist() if field == "bbox" else float(scores[i])
+            raise ValueError(f"{source}: detection #{i}: field '{field}' is {value} (not finite); "
+                             f"{len(idx)} such detections")
 
 
 def detections_from_arrays(image_ids: np.ndarray, category_ids: np.ndarray, boxes: np.ndarray,

@@ -26,6 +26,7 @@ def tiny_config(shapes: Path, output_dir: Path, **train: object) -> dict:
     """The engine tests' config: TinyDetector on shapes resized to ~64 px, SGD, warmup + steps."""
     return {
         "num_classes": 3,
+        "custom_imports": ["tests.engine.tiny_detector"],
         "model": {"_target_": "tests.engine.tiny_detector.TinyDetector", "num_classes": "${num_classes}",
                   "input": {"min_size_test": 64, "max_size_test": 96}},
         "data": {

@@ -14,6 +14,7 @@ import torchvision
 
 from detres.checkpoint import load_backbone_weights
 from detres.config import load_config
+from detres.registry import import_modules
 from detres.modeling import build_backbone_and_neck
 from detres.modeling.backbones import ResNet, TimmBackbone, TorchvisionBackbone
 
@@ -88,7 +89,8 @@ def test_torchvision_resnet_equals_detres_resnet(tmp_path: Path) -> None:
 
 def test_user_module_by_dotted_path(tmp_path: Path) -> None:
     backbone, neck = _build(tmp_path, "{_target_: tests.modeling.user_backbones.TinyBackbone, width: 4}",
-                            "res2, res3, res4", overrides=["model.backbone.width=6"])
+                            "res2, res3, res4", overrides=["model.backbone.width=6"],
+                            extra="custom_imports: [tests.modeling.user_backbones]")
     assert type(backbone).__name__ == "TinyBackbone" and backbone.output_shape()["res4"].channels == 24
     out = _check_pyramid(backbone, neck)
     assert list(out) == ["p2", "p3", "p4", "p5"]
@@ -102,6 +104,7 @@ def test_registered_user_class_via_custom_imports(tmp_path: Path) -> None:
 
 
 def test_not_a_backbone_is_rejected() -> None:
+    import_modules(["tests.modeling.user_backbones"])  # trusted, so the path resolves
     with pytest.raises(TypeError, match=r"model.backbone: NotABackbone is not a backbone: it lacks output_shape\(\)"):
         build_backbone_and_neck({"_target_": "tests.modeling.user_backbones.NotABackbone"}, None)
 
