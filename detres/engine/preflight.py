@@ -47,15 +47,15 @@ def frozen_parts(backbone: nn.Module) -> list[str]:
 
 
 def check_backbone_initialised(cfg: DictConfig, model: nn.Module) -> None:
-    """Raise ``FrozenRandomBackboneError`` when ``model.backbone`` is partly frozen and ``cfg`` gives it no
-    weights (``model.backbone.weights``). Call only for a fresh start with no ``train.init_weights``."""
+    """Raise ``FrozenRandomBackboneError`` when ``model.backbone`` is partly frozen and its config node
+    ``model.backbone`` sets no ``weights``. Call only for a fresh start with no ``train.init_weights``."""
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, nn.Module):
         return
     node = cfg.get("model", None)
     node = node.get("backbone", None) if isinstance(node, DictConfig) else None
-    if isinstance(node, DictConfig) and (node.get("weights", None) or node.get("pretrained", None)):
-        return
+    if not isinstance(node, DictConfig) or node.get("weights", None):
+        return  # a backbone the config does not describe (built inside the detector) is the detector's affair
     parts = frozen_parts(backbone)
     if parts:
         raise FrozenRandomBackboneError(
