@@ -7,6 +7,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from detres.cli.common import plain_text
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The JSON objects of a metrics.jsonl (lines cut by a crash are skipped)."""
@@ -72,7 +74,7 @@ def plot(logs: list[str | Path], out: str | Path, smooth: int = 1) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     """Plot metrics.jsonl files into a PNG."""
-    parser = argparse.ArgumentParser(prog="detres plot-logs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres plot-logs", description=plain_text(__doc__))
     parser.add_argument("--logs", nargs="+", required=True, help="metrics.jsonl file(s) written by training")
     parser.add_argument("--out", default="curves.png", help="PNG to write")
     parser.add_argument("--smooth", type=int, default=1, help="moving-average window for the loss curves")

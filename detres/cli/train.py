@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from detres.cli.common import plain_text
 from detres.config.args import add_config_args, load_config_from_args
 from detres.engine.interrupt import EXIT_CODE as INTERRUPT_EXIT_CODE
 from detres.engine.interrupt import TrainingInterrupted
@@ -28,7 +29,7 @@ def _split_resume(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Train (or evaluate) a model from a config; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="detres train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="detres train", description=plain_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
