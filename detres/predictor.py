@@ -29,7 +29,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
             raise ValueError(f"tensor images must be [3, H, W] RGB, got {tuple(image.shape)}")
         return image.permute(1, 2, 0).clamp(0, 255).to(torch.uint8).cpu().numpy()
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
     arr = np.asarray(image)
     if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. np.frombuffer, mmap)
         arr = arr.copy()
