@@ -111,3 +111,20 @@ def test_eval_progress_bar_only_on_a_terminal(capsys):
     inference_on_dataset(Model(), loader, Ev(), progress=True)  # pytest's stderr is not a terminal
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "eval" not in captured.err
+
+
+def test_main_job_goes_on_without_matplotlib(tmp_path, repo_root, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("main_job", repo_root / "tools/main_job.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    for k, v in _no_matplotlib_env(tmp_path, repo_root).items():
+        monkeypatch.setenv(k, v)  # the steps' subprocesses inherit it
+    (tmp_path / "m.jsonl").write_text('{"iter": 1, "loss": 1.0}\n')
+    plot = [sys.executable, "tools/plot_logs.py", "--logs", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "c.png")]
+    job.step("4/5 loss curve", plot, optional=True)  # returns: the job goes on to the next step
+    assert job.SKIPPED == ["4/5 loss curve"] and not (tmp_path / "c.png").exists()
+    with pytest.raises(SystemExit) as e:  # a real failure still stops the job
+        job.step("eval", [sys.executable, "tools/plot_logs.py", "--logs", str(tmp_path / "none.jsonl")])
+    assert e.value.code == 2
