@@ -5,22 +5,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig
+
+from detres.data.io import read_image
 
 ImageInput = Any  # str | os.PathLike | np.ndarray (HxWx3 RGB uint8) | PIL.Image.Image | torch.Tensor [3,H,W]
 
 
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """HxWx3 uint8 RGB from an image file; a clear error for missing or undecodable files."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"could not decode image {path}: not an image or truncated")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """HxWx3 uint8 RGB from an image file, decoded as training decodes it (``detres.data.io.read_image``):
+    a missing, truncated or undecodable file raises ``ImageReadError`` naming it."""
+    return read_image(path)
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -32,8 +29,10 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
             raise ValueError(f"tensor images must be [3, H, W] RGB, got {tuple(image.shape)}")
         return image.permute(1, 2, 0).clamp(0, 255).to(torch.uint8).cpu().numpy()
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
     arr = np.asarray(image)
+    if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. np.frombuffer, mmap)
+        arr = arr.copy()
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:

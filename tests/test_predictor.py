@@ -48,3 +48,18 @@ def test_predictor_inputs_and_optimized_equals_plain(tmp_path: Path) -> None:
         cmp = compare_detections([out], [as_tensors[0]], label_offset=0, atol=1e-2, score_atol=1e-4)
         assert cmp["identical"], cmp
     assert all(len(o["class_names"]) == len(o["labels"]) for o in outs)
+
+
+def test_read_only_array_no_warning() -> None:
+    import warnings
+
+    pred = Predictor(*CFG[:1], overrides=CFG[1], device="cpu", optimize=False)
+    arr = np.frombuffer(np.zeros(64 * 80 * 3, np.uint8).tobytes(), np.uint8).reshape(64, 80, 3)
+    assert not arr.flags.writeable
+    from detres.predictor import to_rgb_array
+
+    assert to_rgb_array(arr).flags.writeable and to_rgb_array(Image.fromarray(np.zeros((4, 4, 3), np.uint8))).flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy's "not writable" UserWarning would fail here
+        out = pred(arr)
+    assert len(out) == 1 and out[0]["boxes"].shape[1:] == (4,)

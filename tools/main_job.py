@@ -20,12 +20,22 @@ ROOT = Path(__file__).resolve().parents[1]
 STAT_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
-def step(title: str, cmd: list[str]) -> float:
-    """Run one tool, streaming its output; stop the job with its exit code when it fails."""
+#: Exit code of a tool whose optional extra (matplotlib, ...) is missing: detres.utils.extras.EXIT_MISSING_EXTRA.
+EXIT_MISSING_EXTRA = 4
+SKIPPED: list[str] = []
+
+
+def step(title: str, cmd: list[str], optional: bool = False) -> float:
+    """Run one tool, streaming its output; stop the job with its exit code when it fails, except when
+    an ``optional`` step lacks its extra (the tool printed the pip line): then note it and go on."""
     print(f"\n=== {title}\n$ {' '.join(cmd)}", flush=True)
     t0 = time.time()
     rc = subprocess.call(cmd, cwd=ROOT)
-    if rc != 0:
+    if rc == EXIT_MISSING_EXTRA and optional:
+        print(f"main job: step '{title}' skipped (an optional extra is missing); the other steps go on",
+              file=sys.stderr)
+        SKIPPED.append(title)
+    elif rc != 0:
         print(f"main job: step '{title}' failed with exit code {rc}", file=sys.stderr)
         sys.exit(rc)
     return time.time() - t0
@@ -58,7 +68,7 @@ def main() -> int:
     times["eval"] = step("3/5 evaluate", [py, "tools/eval.py", "--config", str(cfg), "--weights", str(weights),
                                           "--output", str(out / "metrics.json")])
     times["plot"] = step("4/5 loss curve", [py, "tools/plot_logs.py", "--logs", str(out / "metrics.jsonl"),
-                                            "--out", str(out / "loss_curve.png")])
+                                            "--out", str(out / "loss_curve.png")], optional=True)
     times["demo"] = step("5/5 draw detections", [py, "tools/demo.py", "--config", str(cfg), "--weights", str(weights),
                                                  "--input", str(shapes / "val"), "--limit", str(args.demo_images),
                                                  "--out", str(out / "demo"), "--score-thresh", "0.5"])
@@ -67,7 +77,9 @@ def main() -> int:
           ", ".join(f"{k} {v:.0f}s" for k, v in times.items())))
     print("| " + " | ".join(STAT_KEYS) + " |\n|" + "---|" * len(STAT_KEYS))
     print("| " + " | ".join(f"{stats[k]:.3f}" for k in STAT_KEYS) + " |")
-    print(f"outputs in {out}/: config.yaml, model_final.pth, metrics.jsonl, metrics.json, loss_curve.png, demo/*.png")
+    made = ["config.yaml", "model_final.pth", "metrics.jsonl", "metrics.json", "loss_curve.png", "demo/*.png"]
+    made = [m for m in made if m == "demo/*.png" or (out / m).is_file()]
+    print(f"outputs in {out}/: {', '.join(made)}" + (f" (skipped: {', '.join(SKIPPED)})" if SKIPPED else ""))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train: seconds per iteration of the real training step (``Trainer``'s loader + step runner),
+"""Train: seconds per iteration of the real training step (the Trainer's loader + step runner),
 split into data time and compute time.
 
     tools/benchmark.py train --config C [--iters 20] [--warmup 3] [key=value ...] [--json]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,35 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         )
 
 
+def _torch_load_reason(e: BaseException) -> str:
+    """What went wrong in ``torch.load``, without torch's advice to retry with ``weights_only=False``
+    (which would run whatever code the file carries)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if "WeightsUnpickler error:" in msg:
+        detail = msg.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].strip()
+        if detail.startswith("Unsupported global"):
+            found = re.search(r"GLOBAL (\S+)", detail)
+            what = found.group(1) if found else "a class"
+            return (f"it stores Python objects ({what}), not only tensors; detres reads tensors and plain "
+                    "containers only: re-save the weights with torch.save(model.state_dict(), path)")
+        return f"not a torch file or a damaged one ({detail or 'unreadable pickle'})"
+    first = msg.strip().split("\n")[0].split(". ")[0][:200]
+    return f"not a torch file or a damaged one ({type(e).__name__}: {first})"
+
+
+def torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with an error that names the file and says it is
+    not a checkpoint (never torch's advice to turn ``weights_only`` off)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... on bad bytes
+        raise ValueError(f"{p} is not a checkpoint detres can read: {_torch_load_reason(e)}. "
+                         "Re-download or re-export the file.") from None
+
+
 def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
     """The raw object stored in a weights file (a dict), read without executing code."""
     p = Path(path)
@@ -49,14 +79,20 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
 
             obj = load_file(str(p))
         else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+            return _as_dict(torch_load(p), p)
+    except ValueError:
+        raise
+    except Exception as e:  # the numpy-only unpickler's refusal, safetensors' SafetensorError, a short file
         raise ValueError(
-            f"{p}: could not read weights ({type(e).__name__}: {e}). The file may be truncated or not a "
-            "checkpoint; re-download or re-export it."
-        ) from e
+            f"{p} is not a checkpoint detres can read ({type(e).__name__}: {str(e)[:200]}); re-download or "
+            "re-export the file."
+        ) from None
+    return _as_dict(obj, p)
+
+
+def _as_dict(obj: Any, p: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
-        raise ValueError(f"{p}: expected a dict of weights, found {type(obj).__name__}")
+        raise ValueError(f"{p} is not a checkpoint: expected a dict of weights, found {type(obj).__name__}")
     return obj
 
 

@@ -5,6 +5,8 @@ import argparse
 import importlib
 import json
 
+from detres.cli.common import plain_text
+
 #: mode -> module with ``add_args(parser)`` and ``run(args) -> dict``.
 MODES = {
     "model": "detres.benchmark.model",
@@ -16,7 +18,7 @@ MODES = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run one benchmark mode; ``--json`` prints its result as one JSON object."""
-    parser = argparse.ArgumentParser(prog="detres benchmark", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres benchmark", description=plain_text(__doc__))
     sub = parser.add_subparsers(dest="mode", required=True)
     modules = {}
     for mode, modname in MODES.items():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from detres.cli.common import plain_text
+
 
 def main(argv: list[str] | None = None) -> int:
     """Check a COCO json and its image folder."""
-    parser = argparse.ArgumentParser(prog="detres check-dataset", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres check-dataset", description=plain_text(__doc__))
     parser.add_argument("--ann", required=True, help="COCO-format annotation json")
     parser.add_argument("--images", default=None, help="image folder (file_name is relative to it); omit to skip images")
     parser.add_argument("--decode", action="store_true", help="fully decode every image (slow) instead of header checks")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 
 from detres.checkpoint.convert import converter_names
+from detres.cli.common import plain_text
 
 
 def main(argv: list[str] | None = None) -> int:
     """Convert SRC (``--from`` layout) into a detres checkpoint at DST."""
-    parser = argparse.ArgumentParser(prog="detres convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="detres convert", description=plain_text(__doc__.split("\n\n")[0]))
     parser.add_argument("--from", dest="fmt", required=True, choices=converter_names(), help="source layout")
     parser.add_argument("src", help="reference checkpoint (.pth / .pkl)")
     parser.add_argument("dst", help="detres checkpoint to write")

@@ -5,10 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
+from detres.cli.common import plain_text
+
 
 def main(argv: list[str] | None = None) -> int:
     """Convert a VOC or YOLO split to a COCO-format json (boxes exactly as annotated)."""
-    parser = argparse.ArgumentParser(prog="detres convert-dataset", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres convert-dataset", description=plain_text(__doc__))
     parser.add_argument("--from", dest="fmt", required=True, choices=["voc", "yolo"])
     parser.add_argument("--root", required=True, help="VOC root (Annotations/, JPEGImages/, ImageSets/) or YOLO root")
     parser.add_argument("--split", default="train")

@@ -1,14 +1,19 @@
 """``detres demo --config C --weights W --input IMG|DIR|VIDEO --out DIR``: draw detections into PNGs
-(or an annotated video) and write a JSON of the detections."""
+(or an annotated video) and write a JSON of the detections.
+
+``--weights`` is required: an untrained model finds nothing. ``--random-weights`` runs the randomly
+initialised model instead, for smoke tests of the pipeline."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
 
+from detres.cli.common import plain_text
 from detres.config.args import add_config_args
 from detres.predictor import Predictor, read_image_rgb
 from detres.utils.visualize import draw_detections, save_rgb
@@ -54,9 +59,13 @@ def _run_video(pred: Predictor, path: Path, out_dir: Path, thresh: float) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     """Detect on an image, a folder of images or a video; write drawn PNGs and detections.json."""
-    parser = argparse.ArgumentParser(prog="detres demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres demo", description=plain_text(__doc__))
     add_config_args(parser)
-    parser.add_argument("--weights", default=None, help="checkpoint (detres, torchvision, detectron2 or DETR layout)")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--weights", default=None,
+                         help="trained checkpoint (detres, torchvision, detectron2 or DETR layout); required")
+    weights.add_argument("--random-weights", action="store_true",
+                         help="no checkpoint: run the untrained model (smoke tests only; it detects nothing useful)")
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video file")
     parser.add_argument("--out", default="output/demo", help="output folder")
     parser.add_argument("--score-thresh", type=float, default=0.5)
@@ -70,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from detres.registry import import_modules
 
     import_modules(args.imports)
+    if args.random_weights:
+        print("demo: --random-weights: the model is untrained, its detections mean nothing", file=sys.stderr)
     pred = Predictor(args.config, args.weights, overrides=args.overrides, device=args.device,
                      score_thresh=args.score_thresh, batch_size=args.batch_size, optimize=not args.no_optimize)
     src, out_dir = Path(args.input), Path(args.out)

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from detres.cli.common import plain_text
 from detres.evaluation import BACKENDS, STAT_NAMES, evaluate_results, format_stats, markdown_table
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="detres eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="detres eval", description=plain_text(__doc__))
     p.add_argument("--gt", help="COCO ground-truth json (results-file mode)")
     p.add_argument("--results", help="COCO results json: list of detections or a dict with 'annotations'")
     p.add_argument("--config", help="YAML config (model mode)")

@@ -12,12 +12,13 @@ import argparse
 
 import torch
 
+from detres.cli.common import plain_text
 from detres.config.args import add_config_args, load_config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Export, then run the parity check; exit 1 when a difference passes ``--atol``."""
-    parser = argparse.ArgumentParser(prog="detres export", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres export", description=plain_text(__doc__))
     add_config_args(parser)
     parser.add_argument("--weights", default=None, help="checkpoint to load (any supported layout)")
     parser.add_argument("--out", required=True, help="output folder (<graph>.onnx, <graph>.pt2, parity.json)")

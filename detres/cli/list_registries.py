@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from detres.cli.common import plain_text
 from detres.registry import ALL_REGISTRIES, import_modules
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print each registry's names, one registry per block."""
-    parser = argparse.ArgumentParser(prog="detres list", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres list", description=plain_text(__doc__))
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
     args = parser.parse_args(argv)
     import_modules(args.imports)

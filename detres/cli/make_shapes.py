@@ -5,12 +5,13 @@ import argparse
 import os
 import time
 
+from detres.cli.common import plain_text
 from detres.data.shapes import SHAPE_CLASSES, make_shapes
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write DIR/{train,val}/*.jpg and DIR/annotations/instances_{train,val}.json."""
-    parser = argparse.ArgumentParser(prog="detres make-shapes", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres make-shapes", description=plain_text(__doc__))
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num-train", type=int, default=600)
     parser.add_argument("--num-val", type=int, default=100)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+from detres.cli.common import plain_text
+from detres.utils.extras import EXIT_MISSING_EXTRA, MissingExtraError, import_extra
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -33,8 +37,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot(logs: list[str | Path], out: str | Path, smooth: int = 1) -> dict[str, int]:
     """Draw the curves of ``logs`` into ``out``; returns {curve name: number of points}."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", "plotting loss curves")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -72,7 +75,7 @@ def plot(logs: list[str | Path], out: str | Path, smooth: int = 1) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     """Plot metrics.jsonl files into a PNG."""
-    parser = argparse.ArgumentParser(prog="detres plot-logs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detres plot-logs", description=plain_text(__doc__))
     parser.add_argument("--logs", nargs="+", required=True, help="metrics.jsonl file(s) written by training")
     parser.add_argument("--out", default="curves.png", help="PNG to write")
     parser.add_argument("--smooth", type=int, default=1, help="moving-average window for the loss curves")
@@ -80,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [p for p in args.logs if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"metrics file(s) not found: {', '.join(missing)}")
-    counts = plot(args.logs, args.out, args.smooth)
+    try:
+        counts = plot(args.logs, args.out, args.smooth)
+    except MissingExtraError as e:  # an optional extra: one line, its own exit code (main_job goes on)
+        print(f"plot-logs: {e}", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     if not counts:
         raise ValueError(f"{', '.join(args.logs)}: no loss or eval entries to plot")
     print(f"wrote {args.out} ({', '.join(f'{k}: {n} points' for k, n in counts.items())})")

@@ -10,7 +10,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from detres.cli.common import plain_text
 from detres.config.args import add_config_args, load_config_from_args
+from detres.engine.interrupt import EXIT_CODE as INTERRUPT_EXIT_CODE
+from detres.engine.interrupt import TrainingInterrupted
 from detres.engine.logger import setup_logging
 from detres.utils import distributed as du
 
@@ -26,7 +29,7 @@ def _split_resume(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Train (or evaluate) a model from a config; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="detres train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="detres train", description=plain_text(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
@@ -56,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             except FloatingPointError as e:  # the NaN/inf guard: one clear line, exit code 3
                 logger.error("%s", e)
                 return 3
+            except TrainingInterrupted:  # Ctrl-C: the trainer saved the iteration and said so
+                return INTERRUPT_EXIT_CODE
+            except KeyboardInterrupt:  # a second Ctrl-C: stopped mid-step, nothing saved
+                logger.error("interrupted at iter %d before it could be saved; resume with `--resume` from "
+                             "the last checkpoint", trainer.iter)
+                return INTERRUPT_EXIT_CODE
         if du.is_main_process() and results:
             logger.info("evaluation: %s", ", ".join(f"{k}={v:.4f}" for k, v in results.items() if isinstance(v, float)))
     finally:

@@ -151,7 +151,11 @@ def validate_config(cfg: DictConfig) -> None:
     except OmegaConfBaseException as e:
         raise ConfigError(f"config interpolation failed at '{e.full_key}': {e.msg}") from None
     assert isinstance(data, Mapping)
-    for key, value in data.items():
+    # Plain sections first: a bad `train.max_iter=abc` is then reported under the key typed, not under
+    # a node that interpolates it (`lr_scheduler.max_iters: ${train.max_iter}`).
+    order = sorted(data, key=lambda k: schema_mod.TOP_LEVEL.get(k) is None)
+    for key in order:
+        value = data[key]
         if key not in schema_mod.TOP_LEVEL:
             hint = close_matches(str(key), schema_mod.TOP_LEVEL)
             raise ConfigError(
@@ -220,15 +224,18 @@ def _cfg_get(cfg: Any, key: str) -> Any:
 
 
 def resolve_auto_num_classes(cfg: DictConfig) -> None:
-    """``num_classes: auto`` takes the class count (and names) from the dataset's annotation file."""
+    """``num_classes: auto`` takes the class count and names from the dataset's annotation file.
+
+    ``class_names`` always come from the dataset then: names inherited from a ``_base_`` config (COCO's 80,
+    the shapes example's 3) would otherwise label the new dataset's classes wrongly in the saved config.
+    """
     if cfg.get("num_classes", None) != "auto":
         return
     if not cfg.get("data", None) or not (cfg.data.get("train", None) or cfg.data.get("val", None)):
         raise ConfigError("num_classes: auto needs data.train or data.val to read the categories from.")
     num, names = infer_num_classes(cfg.data)
     cfg.num_classes = num
-    if not cfg.get("class_names", None):
-        cfg.class_names = list(names)
+    cfg.class_names = list(names)
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -26,7 +26,10 @@ class TrainConfig:
     backbone_lr_mult: LR multiplier of parameters under ``backbone.``.
     weight_decay_norm / weight_decay_bias: weight decay of norm layers / biases (None = the optimizer's).
     param_overrides: {param-name prefix: {lr_mult, weight_decay}}; the longest matching prefix wins.
-    keep_last: periodic checkpoints kept; best_metric / best_mode: eval stat kept as ``model_best.pth``.
+    checkpoint_period: write a resumable ``model_{iter:07d}.pth`` every this many iterations (0 = none);
+      ``model_final.pth`` / ``model_best.pth`` hold no optimizer state.
+    keep_last: periodic checkpoints kept, newest first (0 = all); best_metric / best_mode: the eval stat
+      kept as ``model_best.pth`` (written only when an evaluation runs).
     train_loader: dotted path of a function with ``detres.data.build_train_loader``'s signature
       (None = that one), for custom data pipelines.
     """

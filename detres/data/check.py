@@ -30,6 +30,11 @@ def check_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike | None,
         if key not in data:
             rep.errors.append(f"missing top-level key '{key}'")
     images, anns, cats = data.get("images", []), data.get("annotations", []), data.get("categories", [])
+    if "images" in data and not images:
+        rep.errors.append(f"{ann_file}: 'images' is empty: no image to train or evaluate on; check the "
+                          "conversion that wrote this file")
+    if "categories" in data and not cats:
+        rep.errors.append(f"{ann_file}: 'categories' is empty: a detector needs at least one class")
     img_ids: Counter = Counter()
     by_id: dict[Any, dict] = {}
     for i, img in enumerate(images):

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from detres.checkpoint.io import torch_load
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Checkpointer", "atomic_write_bytes", "get_rng_state", "set_rng_state", "to_plain", "restore_like"]
@@ -187,12 +189,7 @@ class Checkpointer:
     def load(path: str | os.PathLike) -> dict[str, Any]:
         """Read a detres training checkpoint (weights_only)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: could not read the checkpoint ({type(e).__name__}: {e}); it may be truncated.") from e
+        obj = torch_load(path)
         if not isinstance(obj, dict) or obj.get("format") != "detres" or "model" not in obj:
             raise ValueError(f"{path}: not a detres training checkpoint (no format/model entries); use --weights to load plain weights.")
         return obj

@@ -87,7 +87,7 @@ class MetricsWriter:
 
                 self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=start_iter + 1 if start_iter else None)
             except ImportError:
-                logger.info("tensorboard is not installed; skipping TensorBoard scalars")
+                logger.info("tensorboard is not installed; skipping TensorBoard scalars (pip install 'detres[viz]')")
         use_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self._bar = None
         if use_bar:

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from torch import nn
 
 from detres.engine.checkpointer import Checkpointer, get_rng_state, restore_like, set_rng_state
 from detres.engine.ema import ModelEMA
+from detres.engine.interrupt import InterruptFlag, TrainingInterrupted
 from detres.engine.logger import MetricsWriter
 from detres.engine.optim import build_optimizer
+from detres.engine.preflight import check_backbone_initialised, check_image_files
 from detres.engine.schedule import build_lr_scheduler
 from detres.engine.step import StepRunner
 from detres.evaluation import run_evaluation
@@ -97,6 +100,7 @@ class Trainer:
         self.micro_batch = self._micro_batch(int(tc["batch_size"]))
         configure_determinism(bool(tc["deterministic"]))
         seed_all(int(tc["seed"]))  # identical initial weights on every rank
+        self._built_model = model is None  # a given model's weights are the caller's business
         if model is None:
             from detres.modeling import build_model
 
@@ -175,6 +179,7 @@ class Trainer:
                              start_iter=self.data_position, seed=int(self.tc["seed"]))
             iterator = iter(loader)
         dataset = getattr(loader, "dataset", None)
+        check_image_files(dataset, str(self.cfg.data.get("on_bad_image", "raise")) if "data" in self.cfg else "raise")
         meta = getattr(loader, "meta", None) or getattr(dataset, "meta", None)
         if meta is not None:
             self.dataset_meta = meta.to_dict() if hasattr(meta, "to_dict") else dict(meta)
@@ -194,6 +199,9 @@ class Trainer:
         return batch
 
     # ----------------------------------------------------------------------------- checkpoints
+    #: What ``model_final.pth`` / ``model_best.pth`` leave out: a resume needs them, inference does not.
+    RESUME_ONLY = ("optimizer", "scheduler", "scaler")
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs (call on every rank: it gathers the RNG states)."""
         # Tensors travel as torch.save bytes: all_gather_object's own tensor pickling breaks on some builds.
@@ -216,9 +224,15 @@ class Trainer:
             "dataset_meta": self.dataset_meta,
         }
 
-    def save(self, name: str, update_last: bool = True) -> None:
-        """Write a checkpoint from rank 0 (every rank must call: RNG states are gathered)."""
+    def save(self, name: str, update_last: bool = True, resumable: bool = True) -> None:
+        """Write a checkpoint from rank 0 (every rank must call: RNG states are gathered).
+
+        ``resumable=False`` leaves out the optimizer, scheduler and AMP scaler (``RESUME_ONLY``): the
+        final and best checkpoints, which are read for inference, are then about a third of the size.
+        """
         state = self.state_dict()
+        if not resumable:
+            state = {k: v for k, v in state.items() if k not in self.RESUME_ONLY}
         self.checkpointer.save(name, state, update_last=update_last)
         du.barrier()
 
@@ -235,11 +249,19 @@ class Trainer:
             path = found
         ckpt = Checkpointer.load(path)
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(restore_like(self.scheduler.state_dict(), ckpt["scheduler"]))
-        if self.runner.scaler is not None and ckpt.get("scaler"):
-            self.runner.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("optimizer") is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler is not None and ckpt.get("scheduler") is not None:
+                self.scheduler.load_state_dict(restore_like(self.scheduler.state_dict(), ckpt["scheduler"]))
+            if self.runner.scaler is not None and ckpt.get("scaler"):
+                self.runner.scaler.load_state_dict(ckpt["scaler"])
+        elif int(ckpt["iteration"]) < self.max_iter:
+            logger.warning(
+                "%s holds the weights but no optimizer state (final and best checkpoints keep only what "
+                "inference needs): training goes on with a fresh optimizer and the LR schedule moved to "
+                "iteration %d, so it is not an exact continuation; for one, resume from a periodic "
+                "model_XXXXXXX.pth (train.checkpoint_period).", path, int(ckpt["iteration"]))
+            self._fast_forward_schedule(int(ckpt["iteration"]))
         if self.ema is not None:
             if ckpt.get("ema") is not None:
                 self.ema.load_state_dict(ckpt["ema"], ckpt.get("ema_updates", 0))
@@ -262,6 +284,14 @@ class Trainer:
             logger.warning("%s was written by %d processes, now %d: RNG states re-seeded", path, old, self.world_size)
         logger.info("resumed from %s at iteration %d", path, self.iter)
         return True
+
+    def _fast_forward_schedule(self, iteration: int) -> None:
+        if self.scheduler is None:
+            return
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose
+            warnings.simplefilter("ignore")
+            for _ in range(iteration):
+                self.scheduler.step()
 
     # ----------------------------------------------------------------------------- evaluation
     def eval_model(self) -> nn.Module:
@@ -295,7 +325,7 @@ class Trainer:
             sign = 1.0 if self.tc["best_mode"] == "max" else -1.0
             if self.best is None or sign * value > sign * self.best["value"]:
                 self.best = {"metric": metric, "value": float(value), "iteration": self.iter}
-                self.save("model_best.pth", update_last=False)
+                self.save("model_best.pth", update_last=False, resumable=False)
         return results
 
     # ----------------------------------------------------------------------------- the loop
@@ -304,10 +334,18 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run iterations ``iter + 1 .. max_iter``, then save ``model_final.pth`` and evaluate.
 
-        Returns the final evaluation stats (empty when there is no evaluator or validation set).
+        Returns the final evaluation stats (empty when there is no evaluator or validation set, or when
+        the run was already finished). Ctrl-C saves the last finished iteration as a resumable
+        checkpoint and raises ``TrainingInterrupted`` (a KeyboardInterrupt).
         """
         tc = self.tc
+        if self.iter == 0 and not tc["init_weights"] and self._built_model:
+            check_backbone_initialised(self.cfg, self.model)
         self._loader = self.build_train_loader()
+        if self.iter >= self.max_iter and (self.output_dir / "model_final.pth").is_file():
+            logger.info("this run is finished: iteration %d of train.max_iter=%d is in %s; nothing to do (raise "
+                        "train.max_iter to train further)", self.iter, self.max_iter, self.output_dir / "model_final.pth")
+            return {}
         if du.is_main_process():
             from detres.config import save_config
 
@@ -319,31 +357,61 @@ class Trainer:
             self._resumed_rng = None
         logger.info("training iterations %d..%d, %d images per step on %d process(es) x %d accumulation step(s)",
                     self.iter + 1, self.max_iter, tc["batch_size"], self.world_size, self.accumulate)
-        eval_period, ckpt_period, log_period = int(tc["eval_period"]), int(tc["checkpoint_period"]), int(tc["log_period"])
         start_iter = self.iter
+        flag = InterruptFlag()
         try:
-            while self.iter < self.max_iter:
-                it = self.iter + 1
-                t0 = time.perf_counter()
-                batches = [self._next_batch() for _ in range(self.accumulate)]
-                t_data = time.perf_counter() - t0
-                lr = max(g["lr"] for g in self.optimizer.param_groups)
-                stats = self.runner(batches, it)
-                self.iter = it
-                if self._writer is not None:
-                    self._writer.put(**stats, time=time.perf_counter() - t0, data_time=t_data)
-                    if it % max(1, log_period) == 0 or it == self.max_iter:
-                        self._writer.write(it, lr, self.device)
-                    self._writer.advance()
-                if eval_period > 0 and it % eval_period == 0 and it < self.max_iter:
-                    self.evaluate()
-                if ckpt_period > 0 and it % ckpt_period == 0 and it < self.max_iter:
-                    self.save(f"model_{it:07d}.pth")
+            with flag.installed():
+                self._loop(flag)
             if self.iter > start_iter or not (self.output_dir / "model_final.pth").is_file():
-                self.save("model_final.pth")
+                self.save("model_final.pth", resumable=False)
             results = self.evaluate(final=True)
         finally:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
         return results
+
+    def _stop_requested(self, flag: InterruptFlag) -> bool:
+        if self.world_size == 1:
+            return flag.requested
+        return any(du.all_gather_object(flag.requested))  # every rank must stop (and save) together
+
+    def _loop(self, flag: InterruptFlag) -> None:
+        tc = self.tc
+        eval_period, ckpt_period, log_period = int(tc["eval_period"]), int(tc["checkpoint_period"]), int(tc["log_period"])
+        while self.iter < self.max_iter:
+            if self._stop_requested(flag):
+                self._interrupted()
+            it = self.iter + 1
+            t0 = time.perf_counter()
+            position = self.data_position
+            try:
+                batches = [self._next_batch() for _ in range(self.accumulate)]
+            except Exception:
+                if not flag.requested:
+                    raise
+                # Ctrl-C reached the loader's workers too: nothing of this step has run yet.
+                self.data_position = position
+                self._interrupted()
+            t_data = time.perf_counter() - t0
+            lr = max(g["lr"] for g in self.optimizer.param_groups)
+            stats = self.runner(batches, it)
+            self.iter = it
+            if self._writer is not None:
+                self._writer.put(**stats, time=time.perf_counter() - t0, data_time=t_data)
+                if it % max(1, log_period) == 0 or it == self.max_iter:
+                    self._writer.write(it, lr, self.device)
+                self._writer.advance()
+            if eval_period > 0 and it % eval_period == 0 and it < self.max_iter:
+                self.evaluate()
+            if ckpt_period > 0 and it % ckpt_period == 0 and it < self.max_iter:
+                self.save(f"model_{it:07d}.pth")
+
+    def _interrupted(self) -> None:
+        """Save the last finished iteration (resumable) and raise ``TrainingInterrupted``."""
+        name = f"model_{self.iter:07d}.pth"
+        self.save(name)
+        path = str(self.output_dir / name) if du.is_main_process() else None
+        err = TrainingInterrupted(self.iter, path)
+        logger.warning("%s (saved %s)", err.args[0], self.output_dir / name)
+        raise err

@@ -1,6 +1,7 @@
 """Run a detector over a loader of ``list[Sample]`` batches and score it."""
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -12,13 +13,15 @@ from detres.utils.distributed import is_main_process
 
 def inference_on_dataset(model: torch.nn.Module, loader: Iterable, evaluator: Any, *, progress: bool = True) -> dict:
     """``model.eval()`` + ``torch.inference_mode()`` over ``loader``; feeds ``evaluator.process``, returns
-    ``evaluator.evaluate()`` plus ``time_per_image`` (s) under ``timing``."""
+    ``evaluator.evaluate()`` plus ``time_per_image`` (s) under ``timing``. ``progress``: a progress bar
+    on stderr when it is a terminal."""
     was_training = model.training
     model.eval()
     evaluator.reset()
     total = len(loader) if hasattr(loader, "__len__") else None
     bar = None
-    if progress and is_main_process():
+    # tqdm redraws with carriage returns: only on a terminal, never into a log file or a pipe.
+    if progress and is_main_process() and sys.stderr.isatty():
         try:
             from tqdm import tqdm
             bar = tqdm(total=total, desc="eval", unit="batch", dynamic_ncols=True)

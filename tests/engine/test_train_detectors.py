@@ -34,9 +34,11 @@ def test_faster_rcnn_trains_and_resumes_exactly(shapes_dir, tmp_path):
     assert {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"} <= set(losses[0])
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in losses)
     assert 0.0 <= results["AP"] <= 1.0  # final COCO evaluation ran on the val images
-    Trainer(_cfg(shapes_dir, tmp_path / "b", 2, val=False)).train()
+    first = _cfg(shapes_dir, tmp_path / "b", 4, val=False)
+    first.train.checkpoint_period = 2
+    Trainer(first).train()
     t = Trainer(_cfg(shapes_dir, tmp_path / "b", 4, val=False))
-    assert t.resume(True) and t.iter == 2
+    assert t.resume(tmp_path / "b/model_0000002.pth") and t.iter == 2
     t.train()
     b = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     b = [r for r in b if "loss" in r]
