@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             if e.name != modname:
                 raise
             continue
-        p = sub.add_parser(mode, help=(modules[mode].__doc__ or "").strip().splitlines()[0])
+        p = sub.add_parser(mode, help=plain_text(modules[mode].__doc__).strip().splitlines()[0])
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         modules[mode].add_args(p)
     args = parser.parse_args(argv)

@@ -32,10 +32,13 @@ def run_main(main: Callable[[list[str] | None], int]) -> None:
     The error types are imported only when an exception reaches here, so a tool that needs no torch
     (scoring a results file) imports none."""
     try:
-        sys.exit(main(None))
-    except user_errors() as e:
+        code = main(None)
+    except Exception as e:  # not SystemExit / KeyboardInterrupt: those pass through as they are
+        if not isinstance(e, user_errors()):
+            raise
         print(f"error: {user_error_message(e)}", file=sys.stderr)
         sys.exit(USER_ERROR)
+    sys.exit(code)
 
 
 def plain_text(doc: str | None) -> str:

@@ -23,7 +23,7 @@ def test_sigint_saves_then_resume_is_exact(shapes_dir, tmp_path):
     cfg = tiny_config(shapes_dir, out, max_iter=8, ema=True, ema_decay=0.9, ema_warmup=2)
     cfg["model"]["random_target"] = True
     cfg["data"]["val"] = None
-    cfg["custom_imports"] = ["tests.engine.slow_loader"]
+    cfg["custom_imports"] = list(cfg.get("custom_imports", [])) + ["tests.engine.slow_loader", "tests.engine.tiny_detector"]
     cfg["train"]["train_loader"] = "tests.engine.slow_loader.slow_train_loader"
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
