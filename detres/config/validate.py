@@ -220,6 +220,9 @@ def validate_schema(section: Mapping, schema: Any, path: str) -> None:
         hints = {}
     for key, value in section.items():
         child = f"{path}.{key}"
+        removed = getattr(schema, "removed_keys", {})
+        if key in removed:
+            raise ConfigError(f"{child}: no longer a config key (nothing read it): {removed[key]}.")
         if key not in fields:
             hint = close_matches(key, fields)
             raise ConfigError(
