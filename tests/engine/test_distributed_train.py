@@ -88,15 +88,14 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path: Path) -> None:
     ck = torch.load(two / "model_final.pth", weights_only=True)
     assert ck["iteration"] == 2 and ck["data_position"] == 2
     # one process resumes the two-process checkpoint and runs steps 3-4
-    _train(["--resume", *_overrides(shapes, two, 4)],
-           1, tmp_path / "resume.log")
+    _train(["--resume", *_overrides(shapes, two, 4)], 1, tmp_path / "resume.log")
     resumed = torch.load(two / "model_final.pth", weights_only=True)
     straight = torch.load(one / "model_final.pth", weights_only=True)
     assert resumed["iteration"] == straight["iteration"] == 4 and resumed["data_position"] == straight["data_position"]
     assert _max_diff(straight["model"], resumed["model"]) < 1e-5
-    for k, v in straight["optimizer"]["state"].items():
-        torch.testing.assert_close(resumed["optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"],
-                                   atol=1e-5, rtol=0)
+    for k, v in straight["optimizer"]["state"].items():  # momentum: gradient-sized, so relative to its scale
+        diff = (resumed["optimizer"]["state"][k]["momentum_buffer"] - v["momentum_buffer"]).abs().max()
+        assert float(diff) <= 1e-4 * float(v["momentum_buffer"].abs().max()) + 1e-8, k
     a, b = _records(one), _records(two)
     assert sorted(a) == [1, 2, 3, 4] and sorted(b) == [1, 2, 3, 4]
     for it in (3, 4):  # the resumed steps see the same images at the same learning rate
