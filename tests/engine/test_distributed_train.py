@@ -93,9 +93,12 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path: Path) -> None:
     straight = torch.load(one / "model_final.pth", weights_only=True)
     assert resumed["iteration"] == straight["iteration"] == 4 and resumed["data_position"] == straight["data_position"]
     assert _max_diff(straight["model"], resumed["model"]) < 1e-5
-    for k, v in straight["optimizer"]["state"].items():  # momentum: gradient-sized, so relative to its scale
-        diff = (resumed["optimizer"]["state"][k]["momentum_buffer"] - v["momentum_buffer"]).abs().max()
-        assert float(diff) <= 1e-3 * float(v["momentum_buffer"].abs().max()) + 1e-8, k  # measured 1.6e-4
+    # momentum buffers: gradient-sized, so bounded relative to the largest one (measured 1.6e-5 absolute)
+    mom_a = [v["momentum_buffer"] for _, v in sorted(straight["optimizer"]["state"].items())]
+    mom_b = [v["momentum_buffer"] for _, v in sorted(resumed["optimizer"]["state"].items())]
+    scale = max(float(m.abs().max()) for m in mom_a)
+    assert len(mom_a) == len(mom_b) > 50 and scale > 1e-3
+    assert max(float((a - b).abs().max()) for a, b in zip(mom_a, mom_b)) <= 1e-3 * scale
     a, b = _records(one), _records(two)
     assert sorted(a) == [1, 2, 3, 4] and sorted(b) == [1, 2, 3, 4]
     for it in (3, 4):  # the resumed steps see the same images at the same learning rate
