@@ -68,11 +68,13 @@ class TrainConfig:
 class EvalConfig:
     """``eval:`` keys: evaluation batching and scoring (backend, max detections, PR-curve files)."""
 
-    #: keys that were accepted once but never read: their error says what to do instead
-    removed_keys: ClassVar[dict[str, str]] = {
-        "pad_policy": "set model.input.pad_policy_test (per_image | batch_max) instead",
-        "per_category": "the per-category table is always computed and written; delete the key",
-        "max_images": "evaluate a smaller data.val (e.g. a trimmed annotation file); delete the key",
+    #: keys that were accepted once but never read: (their old default, what to do instead). A saved
+    #: run folder's config.yaml holds them at the default, which is accepted and ignored; any other
+    #: value asked for something that never happened, so it is refused with the advice.
+    removed_keys: ClassVar[dict[str, tuple[Any, str]]] = {
+        "pad_policy": (None, "set model.input.pad_policy_test (per_image | batch_max) instead"),
+        "per_category": (True, "the per-category table is always computed and written; delete the key"),
+        "max_images": (None, "evaluate a smaller data.val (e.g. a trimmed annotation file); delete the key"),
     }
 
     batch_size: int = 1

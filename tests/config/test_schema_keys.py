@@ -41,6 +41,11 @@ def test_top_level_keys_are_read() -> None:
 @pytest.mark.parametrize("key", sorted(EvalConfig.removed_keys))
 def test_removed_eval_keys_are_refused(repo_root: Path, tmp_path: Path, key: str) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"_base_: [{repo_root}/configs/examples/shapes_faster_rcnn.yaml]\neval:\n  {key}: 1\n")
+    cfg.write_text(f"_base_: [{repo_root}/configs/examples/shapes_faster_rcnn.yaml]\neval:\n  {key}: 7\n")
     with pytest.raises(ConfigError, match=rf"eval\.{key}: no longer a config key"):
         load_config(cfg)
+    # an older run folder's config.yaml holds the old default: it still loads
+    default = EvalConfig.removed_keys[key][0]
+    cfg.write_text(f"_base_: [{repo_root}/configs/examples/shapes_faster_rcnn.yaml]\neval:\n"
+                   f"  {key}: {'null' if default is None else str(default).lower()}\n")
+    assert load_config(cfg).eval.batch_size == 4
