@@ -15,8 +15,10 @@ STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs
 def test_main_job_trains_evaluates_and_draws(tmp_path: Path, repo_root: Path) -> None:
     """make_shapes -> train -> eval -> loss curve -> demo PNGs, through tools/main_job.py.
 
-    Random boxes on this data score AP50 below 0.01 (3 classes, ~4 small objects per image); the
-    shortened run must clear 0.1, so it has really learned, and leave every promised output.
+    The shortened run (200 steps on 160 images) measured AP 0.377 / AP50 0.692 (2026-12-06; the full
+    main job: 0.555 / 0.833 that day, 0.545 / 0.836 in docs/model_zoo.md); it must reach AP >= 0.30
+    and AP50 >= 0.60, a margin of about 0.08 for run-to-run and machine spread, and leave every
+    promised output.
     """
     out, shapes = tmp_path / "out", tmp_path / "shapes"
     cmd = [sys.executable, "tools/main_job.py", "--out", str(out), "--shapes-dir", str(shapes),
@@ -32,7 +34,7 @@ def test_main_job_trains_evaluates_and_draws(tmp_path: Path, repo_root: Path) ->
     assert (out / "demo" / "detections.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(STATS) <= set(metrics)
-    assert metrics["AP50"] > 0.1, metrics
+    assert metrics["AP"] >= 0.30 and metrics["AP50"] >= 0.60, metrics
     assert "| AP |" in proc.stdout  # the closing stats table
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r]

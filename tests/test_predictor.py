@@ -45,7 +45,8 @@ def test_predictor_inputs_and_optimized_equals_plain(tmp_path: Path) -> None:
     assert len(outs) == 3 and len(ref) == 1 and len(ref[0]["boxes"]) > 0
     as_tensors = [{k: torch.from_numpy(np.asarray(d[k])) for k in ("boxes", "scores", "labels")} for d in (ref[0], *outs)]
     for out in as_tensors[1:]:  # the same image three ways, optimized model: the plain model's detections
-        cmp = compare_detections([out], [as_tensors[0]], label_offset=0, atol=1e-2, score_atol=1e-4)
+        # measured 2.3e-3 px / 4.8e-7 (docs/getting_started.md): the bounds are about 2x that
+        cmp = compare_detections([out], [as_tensors[0]], label_offset=0, atol=5e-3, score_atol=1e-6)
         assert cmp["identical"], cmp
     assert all(len(o["class_names"]) == len(o["labels"]) for o in outs)
 

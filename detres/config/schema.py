@@ -6,7 +6,7 @@ checked against their constructor's signature instead (see ``validate.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -69,15 +69,21 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """``eval:`` keys: evaluation batching, padding policy and scoring backend."""
+    """``eval:`` keys: evaluation batching and scoring (backend, max detections, PR-curve files)."""
+
+    #: keys that were accepted once but never read: (their old default, what to do instead). A saved
+    #: run folder's config.yaml holds them at the default, which is accepted and ignored; any other
+    #: value asked for something that never happened, so it is refused with the advice.
+    removed_keys: ClassVar[dict[str, tuple[Any, str]]] = {
+        "pad_policy": (None, "set model.input.pad_policy_test (per_image | batch_max) instead"),
+        "per_category": (True, "the per-category table is always computed and written; delete the key"),
+        "max_images": (None, "evaluate a smaller data.val (e.g. a trimmed annotation file); delete the key"),
+    }
 
     batch_size: int = 1
     backend: str = "auto"  # auto | faster_coco_eval | pycocotools | detres
     max_dets: list[int] = field(default_factory=lambda: [1, 10, 100])
-    pad_policy: str | None = None  # None: the model's input.pad_policy_test
-    per_category: bool = True
     pr_curve: bool = False
-    max_images: int | None = None
 
 
 @dataclass

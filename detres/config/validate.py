@@ -220,6 +220,12 @@ def validate_schema(section: Mapping, schema: Any, path: str) -> None:
         hints = {}
     for key, value in section.items():
         child = f"{path}.{key}"
+        removed = getattr(schema, "removed_keys", {})
+        if key in removed:
+            default, advice = removed[key]
+            if value == default:  # an older run folder's saved config: inert, ignored
+                continue
+            raise ConfigError(f"{child}: no longer a config key (nothing read it): {advice}.")
         if key not in fields:
             hint = close_matches(key, fields)
             raise ConfigError(

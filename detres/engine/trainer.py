@@ -277,9 +277,11 @@ class Trainer:
             self.data_position = int(ckpt["data_position"])
             self._resumed_rng = rng[self.rank]
         else:
-            # Another process count: exact continuation is impossible; keep the data position scaled.
+            # Another process count: the RNG streams cannot carry over. The data position can: one
+            # loader step is one micro-batch of the whole batch (batch_size / accumulate images over
+            # all ranks) on any number of processes, and the ranks' shards interleave one epoch order.
             old = int(ckpt.get("world_size", len(rng) or 1))
-            self.data_position = int(ckpt.get("data_position", 0)) * old // self.world_size
+            self.data_position = int(ckpt.get("data_position", 0))
             seed_all(int(self.tc["seed"]) + self.rank + self.iter)
             logger.warning("%s was written by %d processes, now %d: RNG states re-seeded", path, old, self.world_size)
         logger.info("resumed from %s at iteration %d", path, self.iter)

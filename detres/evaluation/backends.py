@@ -36,7 +36,7 @@ def _reference(gt: GroundTruth, dt: Detections, max_dets: list[int], areas: dict
         res = _results_dicts(gt, dt)
         if res:
             coco_dt = coco_gt.loadRes(res)
-        else:  # loadRes cannot take an empty list; an empty result set scores 0
+        else:  # loadRes cannot take an empty list; score an empty detections object instead
             coco_dt = COCO()
             coco_dt.dataset = {"images": copy.deepcopy(gt.dataset["images"]), "annotations": [],
                                "categories": copy.deepcopy(gt.dataset["categories"])}
@@ -55,12 +55,11 @@ def run_backend(backend: str, gt: GroundTruth, dt: Detections, max_dets: list[in
     """precision [T,R,K,A,M], recall [T,K,A,M], scores [T,R,K,A,M] from the chosen backend.
 
     ``auto`` = ``detres``: bitwise equal to pycocotools 2.0.11 on every reference case and the fastest.
-    faster_coco_eval is used for non-empty results only (its empty-results path returns -1, not 0).
+    An empty result set is scored by the chosen backend itself, on an empty detections COCO object
+    (``loadRes`` refuses an empty list): all three agree on it (0 where GT exists, -1 elsewhere).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown eval backend '{backend}'; choose one of {list(BACKENDS)}")
     if backend in ("auto", "detres"):
         return fast_cocoeval.evaluate(gt, dt, max_dets, list(areas.values()))
-    if backend == "faster_coco_eval" and len(dt) == 0:
-        return _reference(gt, dt, max_dets, areas, fast=False)
     return _reference(gt, dt, max_dets, areas, fast=backend == "faster_coco_eval")

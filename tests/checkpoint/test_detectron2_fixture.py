@@ -2,9 +2,12 @@
 the model-zoo ``.pkl`` (and its ``.pth`` twin, rebuilt here) loaded into the 1x config reproduce
 detectron2's FPN statistics, RPN logits, proposals, box-head outputs and detections.
 
-Tolerances are the README's: FPN stats 1e-4 relative, logits 1e-3, boxes 1e-2 px, scores 1e-4,
-classes and counts exact. Proposals are compared as a set (near-tied logits reorder them), box
-logits/deltas after the same matching, detections in order.
+Tolerances are the figures measured on this fixture (docs/model_zoo.md) with a margin of about 1.5x:
+FPN stats 1e-5 relative (measured 4.6e-7), RPN logits 5e-5 (2.7e-5), proposals 2.5e-3 px (1.4e-3),
+proposal logits 3e-5 (1.7e-5), box-head class logits 5e-4 (2.7e-4), box deltas 5e-5 (2.8e-5),
+detections 2.5e-3 px (1.5e-3) and scores 2e-5 (1.3e-5), classes and counts exact. Proposals are
+compared as a set (near-tied logits reorder them), box logits/deltas after the same matching,
+detections in order.
 """
 from __future__ import annotations
 
@@ -35,21 +38,21 @@ def _check(model: torch.nn.Module, fx: dict) -> None:
     for i, lv in enumerate(fx["fpn_levels_order"]):
         f = raw["features"][f"p{lv}"].double()
         assert list(f.shape) == fx["fpn_shapes"][i]
-        torch.testing.assert_close(f.mean(), fx["fpn_mean"][i], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(f.std(unbiased=False), fx["fpn_std"][i], rtol=1e-4, atol=0)
+        torch.testing.assert_close(f.mean(), fx["fpn_mean"][i], rtol=1e-5, atol=2e-6)
+        torch.testing.assert_close(f.std(unbiased=False), fx["fpn_std"][i], rtol=1e-5, atol=0)
     for ours, ref in zip(raw["rpn"]["logits"], fx["rpn_objectness_logits_per_level"]):
-        torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
+        torch.testing.assert_close(ours, ref, atol=5e-5, rtol=0)
     props, ref_props = raw["proposals"][0], fx["proposal_boxes"]
     assert props.shape == ref_props.shape
     dist = (ref_props[:, None] - props[None]).abs().amax(-1)
     best, idx = dist.min(1)
-    assert best.max() <= 1e-2 and idx.unique().numel() == len(ref_props)
-    torch.testing.assert_close(raw["proposal_logits"][0][idx], fx["proposal_objectness_logits"], atol=1e-3, rtol=0)
-    torch.testing.assert_close(raw["class_logits"][idx], fx["box_cls_logits"], atol=1e-3, rtol=0)
-    torch.testing.assert_close(raw["box_deltas"][idx], fx["box_deltas"], atol=1e-3, rtol=0)
+    assert best.max() <= 2.5e-3 and idx.unique().numel() == len(ref_props)
+    torch.testing.assert_close(raw["proposal_logits"][0][idx], fx["proposal_objectness_logits"], atol=3e-5, rtol=0)
+    torch.testing.assert_close(raw["class_logits"][idx], fx["box_cls_logits"], atol=5e-4, rtol=0)
+    torch.testing.assert_close(raw["box_deltas"][idx], fx["box_deltas"], atol=5e-5, rtol=0)
     assert len(det["boxes"]) == fx["raw_num_detections"] == len(fx["pred_boxes"])
-    torch.testing.assert_close(det["boxes"], fx["pred_boxes"], atol=1e-2, rtol=0)
-    torch.testing.assert_close(det["scores"], fx["scores"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(det["boxes"], fx["pred_boxes"], atol=2.5e-3, rtol=0)
+    torch.testing.assert_close(det["scores"], fx["scores"], atol=2e-5, rtol=0)
     assert torch.equal(det["labels"], fx["pred_classes"])
 
 

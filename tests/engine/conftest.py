@@ -62,3 +62,17 @@ def make_cfg(shapes_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
         return load_config(path, overrides or [])
 
     return make
+
+
+def assert_evaluation_of(results: dict, cfg: DictConfig, weights: Path) -> None:
+    """``results`` (a run's COCO stats) are the evaluation of ``weights``: an independent evaluation of
+    the checkpoint gives the same 12 stats, and AP is the mean of the per-category APs (every class
+    of the shapes val set has ground truth)."""
+    from detres.evaluation import STAT_NAMES
+    from detres.evaluation.from_config import evaluate_checkpoint
+
+    again = evaluate_checkpoint(cfg, weights, progress=False)
+    assert [again[k] for k in STAT_NAMES] == [results[k] for k in STAT_NAMES]
+    per_class = [r["AP"] for r in results["per_category"]]
+    assert len(per_class) == 3 and min(per_class) >= 0.0
+    assert abs(sum(per_class) / 3 - results["AP"]) < 1e-9

@@ -8,6 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detres.config import load_config
 from detres.modeling.build import build_model
 from detres.modeling.heads.roi_heads import BoxPredictor
+from detres.utils.compare import compare_detections
 
 FRCNN = "configs/examples/shapes_faster_rcnn.yaml"
 DETR = "configs/examples/shapes_detr.yaml"
@@ -53,19 +54,19 @@ def images(*sizes: tuple[int, int], seed: int = 1) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sizes]
 
 
-def assert_detections_match(out: list[dict], ref: list[dict], rel: float = 1e-3, min_fraction: float = 0.95) -> None:
-    """Same number of detections per image, and at least ``min_fraction`` of them with a same-label
-    partner whose box is within ``rel`` of the image's box scale (float reassociation can flip a
-    near-tied score or NMS decision on random weights)."""
+def assert_detections_match(out: list[dict], ref: list[dict], rel: float = 1e-3, min_fraction: float = 1.0) -> None:
+    """Same number of detections per image, and at least ``min_fraction`` of them paired one to one
+    (``compare_detections``) with a same-label reference detection whose box is within ``rel`` of the
+    image's box scale. Every pass keeps all of them on the seeded test models (measured); lower
+    ``min_fraction`` only where float reassociation is known to flip a near-tied NMS decision."""
     assert sum(len(r["boxes"]) for r in ref) > 0, "the reference returned no detections: nothing compared"
     for a, b in zip(out, ref, strict=True):
         assert len(a["boxes"]) == len(b["boxes"])
         if not len(b["boxes"]):
             continue
-        d = (a["boxes"][:, None] - b["boxes"][None]).abs().amax(-1)
-        d[a["labels"][:, None] != b["labels"][None]] = float("inf")
-        matched = d.min(1).values <= rel * float(b["boxes"].abs().max())
-        assert float(matched.float().mean()) >= min_fraction, float(matched.float().mean())
+        cmp = compare_detections([a], [b], label_offset=0, atol=rel * float(b["boxes"].abs().max()), score_atol=1.0)
+        matched = 1.0 - cmp["unmatched"] / len(b["boxes"])
+        assert matched >= min_fraction, cmp
 
 
 def max_rel_diff(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
