@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from detres.evaluation import backends
-from detres.evaluation.coco_evaluator import detections, ground_truth
+from detres.evaluation.coco_data import detections, ground_truth
 
 CASES = ["06_torchmetrics_docstring_single_box/gt.json", "10_hotcoco_adversarial_fixtures/many_categories.json",
          "10_hotcoco_adversarial_fixtures/iscrowd_mixed.json", "10_hotcoco_adversarial_fixtures/no_gt_for_category.json"]
