@@ -7,11 +7,11 @@ from detres.modeling.layers.hungarian_matcher import HungarianMatcher, assign
 from detres.modeling.layers.losses import box_regression_loss, crowd_overlap, split_crowd
 from detres.modeling.layers.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from detres.modeling.layers.mlp import MLP
-from detres.modeling.layers.sampler import BalancedSampler, sample_balanced
+from detres.modeling.layers.sampler import MATCHING_MOVED_KEYS, BalancedSampler, sample_balanced
 from detres.modeling.layers.shapes import level_shapes
 
 __all__ = [
     "DEFAULT_SCALE_CLAMP", "BoxCoder", "box_regression_loss", "crowd_overlap", "split_crowd",
-    "IGNORE", "NEGATIVE", "POSITIVE", "Matcher", "BalancedSampler", "sample_balanced", "level_shapes",
+    "IGNORE", "NEGATIVE", "POSITIVE", "Matcher", "BalancedSampler", "sample_balanced", "MATCHING_MOVED_KEYS", "level_shapes",
     "HungarianMatcher", "assign", "MLP",
 ]

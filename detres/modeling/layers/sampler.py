@@ -46,3 +46,15 @@ class BalancedSampler:
     def __call__(self, labels: Tensor, bg_label: int) -> tuple[Tensor, Tensor]:
         """labels [N] (-1 ignored, ``bg_label`` negative, else positive) -> (positive, negative) indices."""
         return sample_balanced(labels, self.batch_size_per_image, self.positive_fraction, bg_label)
+
+
+#: The flat arguments of the old RPN / ROI heads that now live in their box coder, matcher and
+#: sampler nodes (old key -> new key relative to the head), shared by both heads' ``moved_keys``.
+MATCHING_MOVED_KEYS: dict[str, str] = {
+    "box_weights": "box_coder.weights",
+    "scale_clamp": "box_coder.scale_clamp",
+    "fg_iou": "matcher.high",
+    "bg_iou": "matcher.low",
+    "batch_size_per_image": "sampler.batch_size_per_image",
+    "positive_fraction": "sampler.positive_fraction",
+}

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
 from detres.modeling.layers import (
-    IGNORE, NEGATIVE, BalancedSampler, BoxCoder, Matcher, box_regression_loss, crowd_overlap, level_shapes, split_crowd,
+    MATCHING_MOVED_KEYS, IGNORE, NEGATIVE, BalancedSampler, BoxCoder, Matcher, box_regression_loss, crowd_overlap, level_shapes, split_crowd,
 )
 from detres.modeling.heads.roi_heads.pooler import boxes_to_rois
 from detres.registry import HEADS, instantiate
@@ -53,12 +53,7 @@ class StandardROIHeads(nn.Module):
         "fc_dims": "box_head.fc_dims",
         "head_norm": "box_head.norm",
         "cls_agnostic_bbox_reg": "box_predictor.cls_agnostic",
-        "box_weights": "box_coder.weights",
-        "scale_clamp": "box_coder.scale_clamp",
-        "fg_iou": "matcher.high",
-        "bg_iou": "matcher.low",
-        "batch_size_per_image": "sampler.batch_size_per_image",
-        "positive_fraction": "sampler.positive_fraction",
+        **MATCHING_MOVED_KEYS,
         "pooler": "box_pooler",
     }
     #: child node -> the arguments ``from_config`` passes into it (configs never write them).

@@ -11,7 +11,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from detres.modeling.heads.rpn.anchor_generator import AnchorGenerator
 from detres.modeling.layers import (
-    IGNORE, NEGATIVE, BalancedSampler, BoxCoder, Matcher, box_regression_loss, crowd_overlap, level_shapes, split_crowd,
+    MATCHING_MOVED_KEYS, IGNORE, NEGATIVE, BalancedSampler, BoxCoder, Matcher, box_regression_loss, crowd_overlap, level_shapes, split_crowd,
 )
 from detres.registry import HEADS, instantiate
 from detres.structures import ShapeSpec
@@ -80,12 +80,7 @@ class RPN(nn.Module):
         "round_anchors": "anchor_generator.round_anchors",
         "strides_from_image": "anchor_generator.strides_from_image",
         "num_convs": "head.num_convs",
-        "box_weights": "box_coder.weights",
-        "scale_clamp": "box_coder.scale_clamp",
-        "fg_iou": "matcher.high",
-        "bg_iou": "matcher.low",
-        "batch_size_per_image": "sampler.batch_size_per_image",
-        "positive_fraction": "sampler.positive_fraction",
+        **MATCHING_MOVED_KEYS,
     }
     #: child node -> the arguments ``from_config`` passes into it (configs never write them).
     injects: ClassVar[dict[str, tuple[str, ...]]] = {
