@@ -248,6 +248,9 @@ class Trainer:
                 return False
             path = found
         ckpt = Checkpointer.load(path)
+        periodic = Path(path).parent / f"model_{int(ckpt['iteration']):07d}.pth"
+        if ckpt.get("optimizer") is None and periodic.is_file():  # a lean final: its resumable twin
+            path, ckpt = periodic, Checkpointer.load(periodic)
         self.model.load_state_dict(ckpt["model"])
         if ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -406,7 +409,7 @@ class Trainer:
                 self._writer.advance()
             if eval_period > 0 and it % eval_period == 0 and it < self.max_iter:
                 self.evaluate()
-            if ckpt_period > 0 and it % ckpt_period == 0 and it < self.max_iter:
+            if ckpt_period > 0 and it % ckpt_period == 0:  # the last one too: a finished run can be extended exactly
                 self.save(f"model_{it:07d}.pth")
 
     def _interrupted(self) -> None:

@@ -17,12 +17,12 @@ def test_final_is_slim_periodic_resumable_and_pruned(make_cfg):
     cfg = make_cfg("run", max_iter=5, checkpoint_period=1, keep_last=2)
     Trainer(cfg).train()
     out = Path(cfg.train.output_dir)
-    assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_0000003.pth", "model_0000004.pth", "model_final.pth"]
+    assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_0000004.pth", "model_0000005.pth", "model_final.pth"]
     assert not (out / "model_best.pth").exists()  # no evaluation ran, so no best
-    periodic, final = Checkpointer.load(out / "model_0000004.pth"), Checkpointer.load(out / "model_final.pth")
-    assert periodic["optimizer"]["state"] and periodic["scheduler"]["last_epoch"] == 4
+    periodic, final = Checkpointer.load(out / "model_0000005.pth"), Checkpointer.load(out / "model_final.pth")
+    assert periodic["optimizer"]["state"] and periodic["scheduler"]["last_epoch"] == 5
     assert not {"optimizer", "scheduler", "scaler"} & set(final) and final["iteration"] == 5
-    assert (out / "model_final.pth").stat().st_size < (out / "model_0000004.pth").stat().st_size
+    assert (out / "model_final.pth").stat().st_size < (out / "model_0000005.pth").stat().st_size
     fresh = Trainer(make_cfg("fresh", max_iter=1)).model
     load_checkpoint(fresh, out / "model_final.pth")  # inference loading works from the slim file
     assert all(torch.equal(v, final["model"][k]) for k, v in fresh.state_dict().items())

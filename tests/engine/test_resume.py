@@ -50,12 +50,12 @@ def test_checkpoint_contents_load_weights_only(make_cfg):
     Trainer(cfg).train()
     out = Path(cfg.train.output_dir)
     names = sorted(p.name for p in out.iterdir())
-    assert "model_0000001.pth" in names and "model_final.pth" in names and "config.yaml" in names
+    assert "model_0000002.pth" in names and "model_final.pth" in names and "config.yaml" in names
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
-    ck = Checkpointer.load(out / "model_0000001.pth")
-    assert ck["format"] == "detres" and ck["iteration"] == 1 and ck["data_position"] == 1
+    ck = Checkpointer.load(out / "model_0000002.pth")
+    assert ck["format"] == "detres" and ck["iteration"] == 2 and ck["data_position"] == 2
     assert set(ck["rng"][0]) == {"model", "data"} and set(ck["rng"][0]["model"]) >= {"python", "numpy", "torch"}
-    assert ck["config"]["train"]["max_iter"] == 2 and ck["scheduler"]["last_epoch"] == 1
+    assert ck["config"]["train"]["max_iter"] == 2 and ck["scheduler"]["last_epoch"] == 2
     assert ck["dataset_meta"]["cat_ids"] == [1, 2, 3]
 
 
