@@ -1,5 +1,5 @@
 """Parts shared by several heads: box coder, IoU matcher, balanced sampler, box losses, Hungarian
-matcher, MLP. Importing this package fills the LAYERS registry."""
+matcher, MLP, multi-scale deformable attention. Importing this package fills the LAYERS registry."""
 from __future__ import annotations
 
 from detres.modeling.layers.box_coder import DEFAULT_SCALE_CLAMP, BoxCoder
@@ -7,11 +7,12 @@ from detres.modeling.layers.hungarian_matcher import HungarianMatcher, assign
 from detres.modeling.layers.losses import box_regression_loss, crowd_overlap, split_crowd
 from detres.modeling.layers.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from detres.modeling.layers.mlp import MLP
+from detres.modeling.layers.ms_deform_attn import MSDeformAttn, ms_deform_attn_sample, sampling_locations
 from detres.modeling.layers.sampler import MATCHING_MOVED_KEYS, BalancedSampler, sample_balanced
 from detres.modeling.layers.shapes import level_shapes
 
 __all__ = [
     "DEFAULT_SCALE_CLAMP", "BoxCoder", "box_regression_loss", "crowd_overlap", "split_crowd",
     "IGNORE", "NEGATIVE", "POSITIVE", "Matcher", "BalancedSampler", "sample_balanced", "MATCHING_MOVED_KEYS", "level_shapes",
-    "HungarianMatcher", "assign", "MLP",
+    "HungarianMatcher", "assign", "MLP", "MSDeformAttn", "ms_deform_attn_sample", "sampling_locations",
 ]
