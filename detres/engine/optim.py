@@ -5,6 +5,8 @@ Each trainable parameter gets an LR multiplier and a weight decay:
 - parameters under ``backbone.`` get ``backbone_lr_mult`` (DETR trains its backbone at 0.1x);
 - parameters of normalization layers get ``weight_decay_norm`` and biases ``weight_decay_bias``
   (None = the optimizer's weight decay), as detectron2 does;
+- ``param_name_lr_mult: {part: lr_mult}`` sets the LR multiplier of parameters whose name contains
+  ``part`` (Deformable DETR trains ``sampling_offsets`` and ``reference_points`` at 0.1x);
 - ``param_overrides: {prefix: {lr_mult, weight_decay}}`` wins over both for names starting with
   ``prefix`` (the longest matching prefix), e.g. ``{"head.query_embed": {weight_decay: 0.0}}``.
 
@@ -47,6 +49,7 @@ def build_param_groups(
     weight_decay_norm: float | None = 0.0,
     weight_decay_bias: float | None = None,
     param_overrides: Mapping[str, Mapping[str, float]] | None = None,
+    param_name_lr_mult: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Param groups ``[{"params", "lr", "weight_decay", "names"}, ...]`` of ``model``'s trainable parameters.
 
@@ -59,7 +62,9 @@ def build_param_groups(
             raise ValueError(
                 f"train.param_overrides['{prefix}']: unknown keys {sorted(bad)}; use {sorted(_OVERRIDE_KEYS)}."
             )
+    name_mults = {str(k): float(v) for k, v in (param_name_lr_mult or {}).items()}
     used: set[str] = set()
+    used_parts: set[str] = set()
     norm_names = _norm_param_names(model)
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     seen: set[int] = set()
@@ -68,6 +73,10 @@ def build_param_groups(
             continue
         seen.add(id(p))
         lr_mult = backbone_lr_mult if name.startswith("backbone.") else 1.0
+        parts = [k for k in name_mults if k in name]
+        if parts:
+            used_parts.add(parts[0])
+            lr_mult = name_mults[parts[0]]
         wd = weight_decay
         if name in norm_names and weight_decay_norm is not None:
             wd = weight_decay_norm
@@ -82,6 +91,12 @@ def build_param_groups(
         g = groups.setdefault((base_lr * lr_mult, wd), {"params": [], "lr": base_lr * lr_mult, "weight_decay": wd, "names": []})
         g["params"].append(p)
         g["names"].append(name)
+    unused = [k for k in name_mults if k not in used_parts]
+    if unused:
+        raise ValueError(
+            f"train.param_name_lr_mult: {unused} occur in no trainable parameter name; names look like "
+            f"{', '.join(n for n, _ in list(model.named_parameters())[:3])}, ..."
+        )
     unused = [k for k in overrides if k not in used]
     if unused:
         raise ValueError(
@@ -97,8 +112,8 @@ def build_optimizer(node: Mapping[str, Any], model: nn.Module, train_cfg: Mappin
     """Build an ``optimizer:`` node (``_target_``: ``torch.optim.SGD``, ``torch.optim.AdamW`` or any dotted
     path; ``lr``, ``weight_decay`` and the optimizer's own keys) over ``model``'s param groups.
 
-    ``train_cfg`` supplies ``backbone_lr_mult``, ``weight_decay_norm``, ``weight_decay_bias`` and
-    ``param_overrides``.
+    ``train_cfg`` supplies ``backbone_lr_mult``, ``weight_decay_norm``, ``weight_decay_bias``,
+    ``param_name_lr_mult`` and ``param_overrides``.
     """
     from detres.registry import instantiate, locate
 
@@ -124,6 +139,7 @@ def build_optimizer(node: Mapping[str, Any], model: nn.Module, train_cfg: Mappin
         weight_decay_norm=tc.get("weight_decay_norm", 0.0),
         weight_decay_bias=tc.get("weight_decay_bias", None),
         param_overrides=tc.get("param_overrides") or {},
+        param_name_lr_mult=tc.get("param_name_lr_mult") or {},
     )
     locate(node["_target_"])  # fail early with the registry's message
     return instantiate(dict(node), params=groups)

@@ -21,15 +21,18 @@ _FOLLOWS = {
 }
 
 
-def _child(node: Mapping[str, Any], where: str, key: str, value: Any) -> dict[str, Any]:
-    """``node`` with ``key`` passed down from the head: set when absent, checked when written."""
+def child_node(node: Mapping[str, Any], where: str, key: str, value: Any, follows: str | None = None) -> dict[str, Any]:
+    """``node`` with ``key`` passed down from the head: set when absent, checked when written.
+
+    where: the node's place for messages (``DETRHead.transformer``); follows: what the value follows.
+    """
     if not isinstance(node, Mapping) or "_target_" not in node:
-        raise TypeError(f"DETRHead.{where} must be a node with a _target_ (e.g. {{_target_: ...}}), got {node!r}")
+        raise TypeError(f"{where} must be a node with a _target_ (e.g. {{_target_: ...}}), got {node!r}")
     out = dict(node)
     if key in out and out[key] != value:
         raise ValueError(
-            f"DETRHead.{where}.{key} is {out[key]} but the head passes {value}; remove the key (the head "
-            f"sets it) or change what it follows ({_FOLLOWS[key]})"
+            f"{where}.{key} is {out[key]} but the head passes {value}; remove the key (the head "
+            f"sets it) or change what it follows ({follows or _FOLLOWS[key]})"
         )
     out[key] = value
     return out
@@ -121,12 +124,12 @@ class DETRHead(nn.Module):
         if in_feature not in input_shape:
             raise ValueError(f"DETRHead.in_feature '{in_feature}' is not one of the neck outputs {list(input_shape)}")
         width = input_shape[in_feature].channels
-        pos = instantiate(_child(position_encoding, "position_encoding", "num_pos_feats", width // 2))
-        tr = instantiate(_child(transformer, "transformer", "d_model", width))
+        pos = instantiate(child_node(position_encoding, "DETRHead.position_encoding", "num_pos_feats", width // 2))
+        tr = instantiate(child_node(transformer, "DETRHead.transformer", "d_model", width))
         if "matcher" in criterion:
             raise ValueError("DETRHead.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
         match = instantiate(matcher)
-        crit = instantiate(_child(criterion, "criterion", "num_classes", num_classes), matcher=match)
+        crit = instantiate(child_node(criterion, "DETRHead.criterion", "num_classes", num_classes), matcher=match)
         return cls(in_feature=in_feature, num_classes=num_classes, position_encoding=pos, transformer=tr,
                    criterion=crit, num_queries=num_queries, aux_loss=aux_loss)
 

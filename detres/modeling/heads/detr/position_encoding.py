@@ -20,11 +20,13 @@ class PositionEmbeddingSine(nn.Module):
     Output channels: the y half first, then the x half, as the reference.
     normalize: divide the cumulative coordinate by the image's unpadded extent, so positions span
     (0, scale] whatever the padding (DETR's default, scale 2*pi).
+    offset: added to the cumulative coordinate before normalizing: 0 in DETR, -0.5 in Deformable DETR
+    and its successors (cell centres).
     """
 
     def __init__(
         self, *, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
-        scale: float | None = None,
+        scale: float | None = None, offset: float = 0.0,
     ) -> None:
         super().__init__()
         if scale is not None and not normalize:
@@ -33,6 +35,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
+        self.offset = offset
 
     def forward(self, mask: Tensor) -> Tensor:
         """mask [B, H, W] bool (True = padding) -> [B, 2*num_pos_feats, H, W] float32."""
@@ -41,8 +44,9 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            # the extent is the unshifted count (adding offset 0 is exact: DETR's numbers are unchanged)
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[:, :, :, None] / dim_t

@@ -1,0 +1,12 @@
+"""Deformable DETR (Zhu et al. 2021): deformable transformer, focal set criterion, head.
+
+Multi-scale deformable attention, the Hungarian matchers and the box MLP are shared parts:
+``detres.modeling.layers``.
+"""
+from __future__ import annotations
+
+from detres.modeling.heads.deformable_detr.head import DeformableDETRHead
+from detres.modeling.heads.deformable_detr.layers import inverse_sigmoid
+from detres.modeling.heads.deformable_detr.transformer import DecoderRun, DeformableTransformer
+
+__all__ = ["DeformableDETRHead", "DeformableTransformer", "DecoderRun", "inverse_sigmoid"]
