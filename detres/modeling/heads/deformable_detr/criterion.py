@@ -79,9 +79,6 @@ class FocalSetCriterion(nn.Module):
         """Sigmoid focal loss over logits [B, Q, K] against one-hot targets of the matched queries;
         ``class_error`` (top-1 error %, matched queries) if ``log``."""
         logits = outputs["pred_logits"]
-        if logits.shape[-1] != self.num_classes:
-            raise ValueError(f"FocalSetCriterion: pred_logits has {logits.shape[-1]} classes, expected "
-                             f"num_classes={self.num_classes} (sigmoid logits have no no-object column)")
         idx = matched_index(indices)
         matched = matched_labels(targets, indices).to(logits.device)
         onehot = torch.zeros_like(logits)
@@ -92,6 +89,16 @@ class FocalSetCriterion(nn.Module):
         if log:
             out["class_error"] = class_error(logits[idx], matched)
         return out
+
+    def _check(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> None:
+        k = outputs["pred_logits"].shape[-1]
+        if k != self.num_classes:
+            raise ValueError(f"FocalSetCriterion: pred_logits has {k} classes, expected "
+                             f"num_classes={self.num_classes} (sigmoid logits have no no-object column)")
+        for i, t in enumerate(targets):
+            if len(t["labels"]) and not 0 <= int(t["labels"].min()) <= int(t["labels"].max()) < k:
+                raise ValueError(f"FocalSetCriterion: image {i} has target labels outside 0..{k - 1} "
+                                 f"({t['labels'].tolist()}); labels are contiguous 0..K-1, set num_classes")
 
     def _losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
                 num_boxes: float, log: bool) -> dict[str, Tensor]:
@@ -109,6 +116,7 @@ class FocalSetCriterion(nn.Module):
         Returns loss_ce, class_error, loss_bbox, loss_giou, cardinality_error; loss_ce_i, loss_bbox_i,
         loss_giou_i, cardinality_error_i per aux layer i; the same with ``_enc`` (all unweighted).
         """
+        self._check(outputs, targets)
         num_boxes = num_boxes_normalizer(targets, outputs["pred_logits"].device)
         losses = self._losses(outputs, targets, num_boxes, log=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
