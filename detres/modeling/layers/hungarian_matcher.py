@@ -1,8 +1,9 @@
 """Hungarian matching of DETR's queries to ground-truth boxes (Carion et al. 2020, Sec. 3.1, Eq. 1).
 
-The matching cost is ``cost_class * -p(class) + cost_bbox * L1 + cost_giou * -GIoU`` on normalized
+The matching cost is ``cost_class * class cost + cost_bbox * L1 + cost_giou * -GIoU`` on normalized
 cxcywh boxes; the optimal one-to-one assignment comes from ``scipy.optimize.linear_sum_assignment``.
-Shared by the DETR family (DETR here; Deformable DETR, DINO and RT-DETR match the same way).
+Shared by the DETR family: ``HungarianMatcher`` (DETR: class cost -softmax probability) and
+``FocalHungarianMatcher`` (Deformable DETR, DINO, RT-DETR: focal-style cost on sigmoid probabilities).
 """
 from __future__ import annotations
 
@@ -49,13 +50,16 @@ class HungarianMatcher(nn.Module):
     def __init__(self, *, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("HungarianMatcher: all costs are 0; set at least one of cost_class, cost_bbox, cost_giou")
+            raise ValueError(f"{type(self).__name__}: all costs are 0; set at least one of cost_class, cost_bbox, cost_giou")
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
 
+    def class_cost(self, logits: Tensor, tgt_labels: Tensor) -> Tensor:
+        """logits [Q, K+1], tgt_labels [N] -> [Q, N] negative softmax probability of each target's class."""
+        return -logits.softmax(-1)[:, tgt_labels]
+
     def cost_matrix(self, logits: Tensor, boxes: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor) -> Tensor:
-        """logits [Q, K+1], boxes [Q, 4] cxcywh; tgt_labels [N], tgt_boxes [N, 4] cxcywh -> cost [Q, N]."""
-        prob = logits.softmax(-1)
-        c_class = -prob[:, tgt_labels]
+        """logits [Q, C], boxes [Q, 4] cxcywh; tgt_labels [N], tgt_boxes [N, 4] cxcywh -> cost [Q, N]."""
+        c_class = self.class_cost(logits, tgt_labels)
         c_bbox = torch.cdist(boxes, tgt_boxes, p=1)
         c_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(tgt_boxes))
         return self.cost_bbox * c_bbox + self.cost_class * c_class + self.cost_giou * c_giou
@@ -69,7 +73,7 @@ class HungarianMatcher(nn.Module):
         """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if len(targets) != logits.shape[0]:
-            raise ValueError(f"HungarianMatcher: {logits.shape[0]} images of outputs but {len(targets)} targets")
+            raise ValueError(f"{type(self).__name__}: {logits.shape[0]} images of outputs but {len(targets)} targets")
         out = []
         for i, t in enumerate(targets):
             if len(t["labels"]) == 0:
@@ -78,3 +82,29 @@ class HungarianMatcher(nn.Module):
             cost = self.cost_matrix(logits[i].float(), boxes[i].float(), t["labels"], t["boxes"].float())
             out.append(assign(cost))
         return out
+
+
+@LAYERS.register()
+class FocalHungarianMatcher(HungarianMatcher):
+    """Hungarian matching with the focal-style class cost of sigmoid classifiers (Zhu et al. 2021).
+
+    Logits have K columns (no no-object class). With p = sigmoid(logit) at a target's class the class
+    cost is ``alpha * (1-p)^gamma * -log(p + 1e-8) - (1-alpha) * p^gamma * -log(1-p + 1e-8)``: the focal
+    loss of calling the query positive minus that of calling it negative (the official matcher).
+
+    Args:
+        cost_class / cost_bbox / cost_giou: weights of the class, L1 and -GIoU costs.
+        alpha / gamma: the focal loss's positive weight and focusing exponent.
+    """
+
+    def __init__(self, *, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                 alpha: float = 0.25, gamma: float = 2.0) -> None:
+        super().__init__(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou)
+        self.alpha, self.gamma = alpha, gamma
+
+    def class_cost(self, logits: Tensor, tgt_labels: Tensor) -> Tensor:
+        """logits [Q, K], tgt_labels [N] -> [Q, N] focal positive minus negative cost at each target's class."""
+        prob = logits[:, tgt_labels].sigmoid()
+        pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
+        neg = (1 - self.alpha) * prob**self.gamma * -(1 - prob + 1e-8).log()
+        return pos - neg

@@ -108,3 +108,38 @@ def test_matcher_cost_formula() -> None:
 
     giou = generalized_box_iou(cxcywh_to_xyxy(out["pred_boxes"][0]), cxcywh_to_xyxy(tgt))[:, 0]
     torch.testing.assert_close(cost[:, 0], -2.0 * p + 3.0 * l1 - 0.5 * giou)
+
+
+def test_focal_matcher_cost_formula() -> None:
+    from torchvision.ops import generalized_box_iou
+
+    from detres.modeling.layers.hungarian_matcher import FocalHungarianMatcher
+    from detres.structures.boxes import cxcywh_to_xyxy
+
+    g = torch.Generator().manual_seed(5)
+    logits, boxes = torch.randn(4, 3, generator=g) * 3, torch.rand(4, 4, generator=g) * 0.4 + 0.3
+    tgt, labels = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.6, 0.2, 0.1]]), torch.tensor([2, 0])
+    m = FocalHungarianMatcher(cost_class=1.5, cost_bbox=3.0, cost_giou=0.5, alpha=0.3, gamma=1.5)
+    cost = m.cost_matrix(logits, boxes, labels, tgt)
+    p = logits.sigmoid()[:, labels]
+    focal = 0.3 * (1 - p) ** 1.5 * -torch.log(p + 1e-8) - 0.7 * p**1.5 * -torch.log(1 - p + 1e-8)
+    l1 = (boxes[:, None] - tgt[None]).abs().sum(-1)
+    giou = generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(tgt))
+    torch.testing.assert_close(cost, 1.5 * focal + 3.0 * l1 - 0.5 * giou)
+    # The official defaults: class 2, L1 5, GIoU 2, alpha 0.25, gamma 2.
+    d = FocalHungarianMatcher()
+    assert (d.cost_class, d.cost_bbox, d.cost_giou, d.alpha, d.gamma) == (2.0, 5.0, 2.0, 0.25, 2.0)
+
+
+def test_focal_matcher_picks_confident_query_and_handles_empty() -> None:
+    from detres.modeling.layers.hungarian_matcher import FocalHungarianMatcher
+
+    g = torch.Generator().manual_seed(6)
+    out = {"pred_logits": torch.randn(2, 5, 4, generator=g) - 3.0, "pred_boxes": torch.full((2, 5, 4), 0.5)}
+    out["pred_logits"][1, 3, 2] = 8.0  # equal boxes everywhere: only the class cost decides
+    targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.4, 0.4, 0.3, 0.3]])}]
+    (r0, c0), (r1, c1) = FocalHungarianMatcher()(out, targets)
+    assert r0.numel() == 0 and c0.numel() == 0 and r1.tolist() == [3] and c1.tolist() == [0]
+    with pytest.raises(ValueError, match="FocalHungarianMatcher: all costs are 0"):
+        FocalHungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=0)

@@ -5,8 +5,9 @@ Multi-scale deformable attention, the Hungarian matchers and the box MLP are sha
 """
 from __future__ import annotations
 
+from detres.modeling.heads.deformable_detr.criterion import FocalSetCriterion
 from detres.modeling.heads.deformable_detr.head import DeformableDETRHead
 from detres.modeling.heads.deformable_detr.layers import inverse_sigmoid
 from detres.modeling.heads.deformable_detr.transformer import DecoderRun, DeformableTransformer
 
-__all__ = ["DeformableDETRHead", "DeformableTransformer", "DecoderRun", "inverse_sigmoid"]
+__all__ = ["DeformableDETRHead", "DeformableTransformer", "DecoderRun", "FocalSetCriterion", "inverse_sigmoid"]

@@ -12,17 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import generalized_box_iou
 
-from detres.utils.distributed import all_reduce_mean
 from detres.modeling.layers.hungarian_matcher import HungarianMatcher
+from detres.modeling.layers.set_losses import (
+    box_losses, cardinality_error, class_error, matched_index, matched_labels, num_boxes_normalizer,
+)
 from detres.registry import LAYERS
-from detres.structures.boxes import cxcywh_to_xyxy
-
-
-def _src_index(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-    return batch, torch.cat([src for src, _ in indices])
 
 
 @LAYERS.register()
@@ -67,36 +62,23 @@ class SetCriterion(nn.Module):
                     indices: list[tuple[Tensor, Tensor]], log: bool) -> dict[str, Tensor]:
         """Weighted cross-entropy over [B, Q, K+1]; ``class_error`` (top-1 error %, matched queries) if ``log``."""
         logits = outputs["pred_logits"]
-        idx = _src_index(indices)
-        matched = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
+        idx = matched_index(indices)
+        matched = matched_labels(targets, indices).to(logits.device)
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         target_classes[idx] = matched
         out = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.dtype))}
         if log:
-            if matched.numel() == 0:
-                out["class_error"] = logits.new_zeros(())
-            else:
-                correct = (logits[idx].argmax(-1) == matched).float().mean()
-                out["class_error"] = (100.0 - 100.0 * correct).detach()
+            out["class_error"] = class_error(logits[idx], matched)
         return out
 
-    @torch.no_grad()
     def loss_cardinality(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """L1 error between the number of non-no-object predictions and of targets (a metric, no gradient)."""
-        logits = outputs["pred_logits"]
-        n_tgt = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device, dtype=torch.float32)
-        n_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()
-        return {"cardinality_error": F.l1_loss(n_pred, n_tgt)}
+        return {"cardinality_error": cardinality_error(outputs["pred_logits"], targets)}
 
     def loss_boxes(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
                    indices: list[tuple[Tensor, Tensor]], num_boxes: float) -> dict[str, Tensor]:
         """L1 and 1 - GIoU of matched [M, 4] normalized cxcywh boxes, summed and divided by ``num_boxes``."""
-        idx = _src_index(indices)
-        src = outputs["pred_boxes"][idx]
-        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src)
-        loss_bbox = F.l1_loss(src, tgt, reduction="none").sum() / num_boxes
-        giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt)))
-        return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+        return box_losses(outputs["pred_boxes"], targets, indices, num_boxes)
 
     def _layer_losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
                       num_boxes: float, log: bool) -> dict[str, Tensor]:
@@ -114,10 +96,7 @@ class SetCriterion(nn.Module):
         Returns loss_ce, loss_bbox, loss_giou, class_error, cardinality_error and per aux layer i
         loss_ce_i, loss_bbox_i, loss_giou_i, cardinality_error_i (all unweighted).
         """
-        device = outputs["pred_logits"].device
-        n = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        # Average over processes so every rank divides by the same count (the reference's recipe).
-        num_boxes = torch.clamp(all_reduce_mean(n), min=1).item()
+        num_boxes = num_boxes_normalizer(targets, outputs["pred_logits"].device)
         losses = self._layer_losses(outputs, targets, num_boxes, log=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             layer = self._layer_losses(aux, targets, num_boxes, log=False)

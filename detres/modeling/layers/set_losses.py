@@ -1,0 +1,64 @@
+"""Set-prediction loss terms shared by the DETR family's criteria (DETR, Deformable DETR, DINO, RT-DETR).
+
+After Hungarian matching (per image: query indices, target indices), every criterion normalizes by the
+number of target boxes averaged over processes, regresses matched normalized cxcywh boxes with L1 and
+1 - GIoU (Carion et al. 2020, Sec. 3.1), and logs the class error and the cardinality error.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torchvision.ops import generalized_box_iou
+
+from detres.structures.boxes import cxcywh_to_xyxy
+from detres.utils.distributed import all_reduce_mean
+
+Indices = list[tuple[Tensor, Tensor]]
+
+
+def matched_index(indices: Indices) -> tuple[Tensor, Tensor]:
+    """(image index [M], query index [M]) of every matched query, to index [B, Q, ...] outputs."""
+    batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+    return batch, torch.cat([src for src, _ in indices])
+
+
+def matched_labels(targets: list[dict[str, Tensor]], indices: Indices) -> Tensor:
+    """[M] target labels in the order of ``matched_index``."""
+    return torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+
+
+def num_boxes_normalizer(targets: list[dict[str, Tensor]], device: torch.device) -> float:
+    """max(target boxes in the batch averaged over processes, 1): every rank divides by the same count."""
+    n = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    return torch.clamp(all_reduce_mean(n), min=1).item()
+
+
+def box_losses(pred_boxes: Tensor, targets: list[dict[str, Tensor]], indices: Indices,
+               num_boxes: float) -> dict[str, Tensor]:
+    """L1 and 1 - GIoU of matched boxes (pred_boxes [B, Q, 4] and targets' "boxes", normalized cxcywh),
+    summed and divided by ``num_boxes``: ``loss_bbox``, ``loss_giou``."""
+    src = pred_boxes[matched_index(indices)]
+    tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src)
+    loss_bbox = F.l1_loss(src, tgt, reduction="none").sum() / num_boxes
+    giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt)))
+    return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+
+
+@torch.no_grad()
+def cardinality_error(logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+    """L1 error between the per-image count of queries whose argmax is not the last column and the
+    number of targets (logits [B, Q, C]). The official formula, kept as is for sigmoid classifiers
+    too, where the last column is an ordinary class; a logged metric, no gradient."""
+    n_tgt = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device, dtype=torch.float32)
+    n_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()
+    return F.l1_loss(n_pred, n_tgt)
+
+
+@torch.no_grad()
+def class_error(matched_logits: Tensor, labels: Tensor) -> Tensor:
+    """100 - top-1 accuracy (%) of matched queries (matched_logits [M, C], labels [M]); 0 when M = 0."""
+    if labels.numel() == 0:
+        return matched_logits.new_zeros(())
+    correct = (matched_logits.argmax(-1) == labels).float().mean()
+    return 100.0 - 100.0 * correct
