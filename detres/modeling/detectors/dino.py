@@ -19,6 +19,11 @@ from detres.structures import ImageBatch
 class DINO(DeformableDETR):
     """DETR with improved denoising anchor boxes; children as ``DETR`` (backbone, neck, head, input)."""
 
+    @classmethod
+    def from_config(cls, **kwargs: Any) -> "DINO":
+        """Backbone, then neck on its shapes, then the head on the neck's shapes (see ``DETR``)."""
+        return super().from_config(**kwargs)
+
     def dense(self, x: Tensor, pad_mask: Tensor, select_indices: Tensor | None = None,
               dn: DenoisingQueries | None = None) -> tuple[Tensor, ...]:
         """x [B, 3, H, W] normalized, pad_mask [B, H, W] bool (True = padding) -> the head's

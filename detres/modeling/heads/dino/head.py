@@ -40,7 +40,7 @@ class DINOHead(nn.Module):
         "position_encoding": ("num_pos_feats",),
         "transformer": ("d_model", "num_feature_levels", "num_queries", "num_classes"),
         "denoising": ("num_classes", "d_model"),
-        "criterion": ("num_classes", "matcher"),
+        "criterion": ("num_classes", "matcher", "num_decoder_layers"),
     }
 
     def __init__(
@@ -91,12 +91,12 @@ class DINOHead(nn.Module):
         where = "DINOHead"
         pos = instantiate(child_node(position_encoding, f"{where}.position_encoding", "num_pos_feats", width // 2,
                                      "half of the neck's out_channels"))
-        tr = dict(transformer)
+        tr_node = dict(transformer)
         for key, value, follows in (("d_model", width, "the neck's out_channels"),
                                     ("num_feature_levels", len(input_shape), "the number of neck outputs"),
                                     ("num_queries", num_queries, "model.head.num_queries"),
                                     ("num_classes", num_classes, "model.head.num_classes")):
-            tr = child_node(tr, f"{where}.transformer", key, value, follows)
+            tr_node = child_node(tr_node, f"{where}.transformer", key, value, follows)
         dn = None
         if denoising is not None:
             dn_node = child_node(denoising, f"{where}.denoising", "num_classes", num_classes, "model.head.num_classes")
@@ -106,9 +106,11 @@ class DINOHead(nn.Module):
             if "matcher" in criterion:
                 raise ValueError(f"{where}.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
             match = instantiate(matcher) if matcher is not None else None
-            crit = instantiate(child_node(criterion, f"{where}.criterion", "num_classes", num_classes,
-                                          "model.head.num_classes"), matcher=match)
-        return cls(num_classes=num_classes, position_encoding=pos, transformer=instantiate(tr), denoising=dn,
+            crit_node = child_node(criterion, f"{where}.criterion", "num_classes", num_classes, "model.head.num_classes")
+            crit_node = child_node(crit_node, f"{where}.criterion", "num_decoder_layers",
+                                   int(tr_node.get("num_decoder_layers", 6)), "transformer.num_decoder_layers")
+            crit = instantiate(crit_node, matcher=match)
+        return cls(num_classes=num_classes, position_encoding=pos, transformer=instantiate(tr_node), denoising=dn,
                    criterion=crit, num_queries=num_queries, aux_loss=aux_loss, share_pred_heads=share_pred_heads,
                    test_topk=test_topk)
 
