@@ -5,5 +5,6 @@ from detres.modeling.detectors.base import Detector, GraphSpec, InputConfig, Tra
 from detres.modeling.detectors.faster_rcnn import FasterRCNN  # noqa: F401
 from detres.modeling.detectors.detr import DETR  # noqa: F401
 from detres.modeling.detectors.deformable_detr import DeformableDETR  # noqa: F401
+from detres.modeling.detectors.dino import DINO  # noqa: F401
 
 __all__ = ["Detector", "GraphSpec", "InputConfig", "TracedCall"]

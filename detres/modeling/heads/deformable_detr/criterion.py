@@ -101,8 +101,10 @@ class FocalSetCriterion(nn.Module):
                                  f"({t['labels'].tolist()}); labels are contiguous 0..K-1, set num_classes")
 
     def _losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
-                num_boxes: float, log: bool) -> dict[str, Tensor]:
-        indices = self.matcher(outputs, targets)
+                num_boxes: float, log: bool, indices: list[tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
+        """One layer's terms; ``indices`` (query, target) pairs per image replace the matching when given."""
+        if indices is None:
+            indices = self.matcher(outputs, targets)
         out = self.loss_labels(outputs, targets, indices, num_boxes, log)
         out.update(box_losses(outputs["pred_boxes"], targets, indices, num_boxes))
         out["cardinality_error"] = cardinality_error(outputs["pred_logits"], targets)

@@ -15,9 +15,9 @@ from detres.modeling.heads.deformable_detr.layers import inverse_sigmoid
 from detres.modeling.heads.deformable_detr.transformer import DeformableTransformer
 from detres.modeling.heads.detr.head import child_node
 from detres.modeling.layers.mlp import MLP
+from detres.modeling.layers.topk_detections import sigmoid_topk_detections
 from detres.registry import HEADS, instantiate
 from detres.structures import ShapeSpec
-from detres.structures.boxes import cxcywh_to_xyxy, denormalize_boxes
 
 #: prior probability of an object at initialization (focal loss, Lin et al. 2017, Sec. 4.1)
 PRIOR_PROB = 0.01
@@ -44,7 +44,7 @@ class DeformableDETRHead(nn.Module):
     injects: ClassVar[dict[str, tuple[str, ...]]] = {
         "position_encoding": ("num_pos_feats",),
         "transformer": ("d_model", "num_feature_levels", "two_stage", "num_queries"),
-        "criterion": ("num_classes", "matcher"),
+        "criterion": ("num_classes", "matcher", "num_decoder_layers"),
     }
 
     def __init__(
@@ -115,8 +115,10 @@ class DeformableDETRHead(nn.Module):
             if "matcher" in criterion:
                 raise ValueError(f"{where}.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
             match = instantiate(matcher) if matcher is not None else None
-            crit = instantiate(child_node(criterion, f"{where}.criterion", "num_classes", num_classes,
-                                          "model.head.num_classes"), matcher=match)
+            crit_node = child_node(criterion, f"{where}.criterion", "num_classes", num_classes, "model.head.num_classes")
+            crit_node = child_node(crit_node, f"{where}.criterion", "num_decoder_layers",
+                                   int(tr_node.get("num_decoder_layers", 6)), "transformer.num_decoder_layers")
+            crit = instantiate(crit_node, matcher=match)
         return cls(num_classes=num_classes, position_encoding=pos, transformer=instantiate(tr_node),
                    criterion=crit, num_queries=num_queries, aux_loss=aux_loss, with_box_refine=with_box_refine,
                    two_stage=two_stage, test_topk=test_topk)
@@ -174,12 +176,4 @@ class DeformableDETRHead(nn.Module):
     def inference(self, outputs: dict[str, Any], sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """The ``test_topk`` best (query, class) sigmoid scores per image, boxes xyxy in ``sizes`` pixels
         (the reference's PostProcess; a query may give several labels; boxes not clipped)."""
-        prob = outputs["pred_logits"].sigmoid()
-        b, q, k = prob.shape
-        boxes = cxcywh_to_xyxy(outputs["pred_boxes"])
-        scores, flat = prob.view(b, -1).topk(min(self.test_topk, q * k), dim=1)
-        results = []
-        for i, size in enumerate(sizes):
-            query = torch.div(flat[i], k, rounding_mode="floor")
-            results.append({"boxes": denormalize_boxes(boxes[i, query], size), "scores": scores[i], "labels": flat[i] % k})
-        return results
+        return sigmoid_topk_detections(outputs["pred_logits"], outputs["pred_boxes"], sizes, self.test_topk)

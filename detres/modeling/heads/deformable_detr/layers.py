@@ -71,10 +71,13 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, t: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor, shapes: SpatialShapes,
-                padding_mask: Tensor | None) -> Tensor:
-        """t, query_pos [B, Q, C]; reference [B, Q, L, 2 or 4]; memory [B, S, C] -> [B, Q, C]."""
+                padding_mask: Tensor | None, self_attn_mask: Tensor | None = None) -> Tensor:
+        """t, query_pos [B, Q, C]; reference [B, Q, L, 2 or 4]; memory [B, S, C] -> [B, Q, C].
+
+        self_attn_mask [Q, Q] bool: True where query i must not attend to query j (DINO's denoising groups).
+        """
         q = t + query_pos
-        t = self.norm2(t + self.dropout(self.self_attn(q, q, t, need_weights=False)[0]))
+        t = self.norm2(t + self.dropout(self.self_attn(q, q, t, attn_mask=self_attn_mask, need_weights=False)[0]))
         t = self.norm1(t + self.dropout(self.cross_attn(t + query_pos, reference, memory, shapes, padding_mask)))
         y = self.linear2(self.dropout(self.act(self.linear1(t))))
         return self.norm3(t + self.dropout(y))

@@ -75,6 +75,19 @@ def proposal_grid(padding_mask: Tensor, shapes: SpatialShapes) -> tuple[Tensor, 
     return props, keep & ~padding_mask[..., None]
 
 
+def flatten_levels(srcs: Sequence[Tensor], masks: Sequence[Tensor], pos: Sequence[Tensor], level_embed: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor, SpatialShapes, Tensor]:
+    """Per-level [B, C, H, W] maps, [B, H, W] masks and positions -> tokens [B, S, C] (level by level,
+    row-major), padding mask [B, S], positions + level embedding [L, C] -> [B, S, C], the level sizes,
+    valid ratios [B, L, 2]."""
+    shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+    x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
+    mask = torch.cat([m.flatten(1) for m in masks], 1)
+    p = torch.cat([q.flatten(2).transpose(1, 2) + level_embed[lvl].view(1, 1, -1) for lvl, q in enumerate(pos)], 1)
+    ratios = torch.stack([valid_ratios(m) for m in masks], 1)
+    return x, mask, p, shapes, ratios
+
+
 def box_sine_embedding(boxes: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
     """[B, Q, 4] unit-range boxes -> [B, Q, 4 * num_feats]: per coordinate (cx, cy, w, h) the sine
     embedding of coord * 2*pi, (sin, cos) interleaved, coordinates concatenated."""
@@ -142,19 +155,6 @@ class DeformableTransformer(nn.Module):
             nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
 
-    def flatten(self, srcs: Sequence[Tensor], masks: Sequence[Tensor], pos: Sequence[Tensor]
-                ) -> tuple[Tensor, Tensor, Tensor, SpatialShapes, Tensor]:
-        """Per-level [B, C, H, W] maps, [B, H, W] masks and positions -> tokens [B, S, C], padding
-        mask [B, S], positions + level embedding [B, S, C], the level sizes, valid ratios [B, L, 2]."""
-        if len(srcs) != self.num_feature_levels:
-            raise ValueError(f"DeformableTransformer: built for {self.num_feature_levels} levels, got {len(srcs)}")
-        shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
-        x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
-        mask = torch.cat([m.flatten(1) for m in masks], 1)
-        p = torch.cat([q.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, q in enumerate(pos)], 1)
-        ratios = torch.stack([valid_ratios(m) for m in masks], 1)
-        return x, mask, p, shapes, ratios
-
     def forward(
         self, srcs: Sequence[Tensor], masks: Sequence[Tensor], pos: Sequence[Tensor], query_embed: Tensor | None,
         enc_class_embed: nn.Module | None = None, enc_bbox_embed: nn.Module | None = None,
@@ -168,7 +168,9 @@ class DeformableTransformer(nn.Module):
         tokens ``select_indices`` [B, Q] when given. ``bbox_embed``: per-layer box heads for
         iterative refinement (None: references stay fixed).
         """
-        x, mask, p, shapes, ratios = self.flatten(srcs, masks, pos)
+        if len(srcs) != self.num_feature_levels:
+            raise ValueError(f"DeformableTransformer: built for {self.num_feature_levels} levels, got {len(srcs)}")
+        x, mask, p, shapes, ratios = flatten_levels(srcs, masks, pos, self.level_embed)
         memory = self.encoder(x, p, shapes, ratios, mask)
         b, _, c = memory.shape
         if not self.two_stage:
