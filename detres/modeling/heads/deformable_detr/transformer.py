@@ -188,7 +188,8 @@ class DeformableTransformer(nn.Module):
         logits = enc_class_embed(enc_memory)
         coords = enc_bbox_embed(enc_memory) + proposals
         if select_indices is None:
-            select_indices = torch.topk(logits[..., 0], self.num_queries, dim=1)[1]
+            # an image smaller than num_queries tokens (tiny, or below the largest stride) keeps them all
+            select_indices = torch.topk(logits[..., 0], min(self.num_queries, logits.shape[1]), dim=1)[1]
         top = torch.gather(coords, 1, select_indices[..., None].expand(-1, -1, 4)).detach()
         reference = top.sigmoid()
         qpos, tgt = torch.split(self.pos_trans_norm(self.pos_trans(box_sine_embedding(reference, c // 2))), c, dim=2)
