@@ -4,6 +4,7 @@ attention. Importing this package fills the LAYERS registry."""
 from __future__ import annotations
 
 from detres.modeling.layers.box_coder import DEFAULT_SCALE_CLAMP, BoxCoder
+from detres.modeling.layers.denoising import ContrastiveDenoising, DenoisingQueries, denoising_attn_mask
 from detres.modeling.layers.hungarian_matcher import FocalHungarianMatcher, HungarianMatcher, assign
 from detres.modeling.layers.losses import box_regression_loss, crowd_overlap, split_crowd
 from detres.modeling.layers.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
@@ -17,6 +18,7 @@ from detres.modeling.layers.shapes import level_shapes
 from detres.modeling.layers.topk_detections import sigmoid_topk_detections, topk_detections
 
 __all__ = [
+    "ContrastiveDenoising", "DenoisingQueries", "denoising_attn_mask",
     "DEFAULT_SCALE_CLAMP", "BoxCoder", "box_regression_loss", "crowd_overlap", "split_crowd",
     "IGNORE", "NEGATIVE", "POSITIVE", "Matcher", "BalancedSampler", "sample_balanced", "MATCHING_MOVED_KEYS", "level_shapes",
     "HungarianMatcher", "FocalHungarianMatcher", "assign", "MLP", "MSDeformAttn", "ms_deform_attn_sample", "sampling_locations",

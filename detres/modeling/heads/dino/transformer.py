@@ -17,16 +17,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from detres.modeling.heads.deformable_detr.layers import (
-    DeformableDecoderLayer,
-    DeformableEncoder,
-    DeformableEncoderLayer,
-    inverse_sigmoid,
-)
+from detres.modeling.heads.deformable_detr.layers import DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer
 from detres.modeling.heads.deformable_detr.transformer import box_sine_embedding, flatten_levels, proposal_grid
 from detres.modeling.layers.ms_deform_attn import MSDeformAttn, SpatialShapes
 from detres.modeling.layers.mlp import MLP
 from detres.registry import LAYERS
+from detres.structures.boxes import inverse_sigmoid
 
 #: DINO's inverse_sigmoid clamp (Deformable DETR uses 1e-5)
 EPS = 1e-3
