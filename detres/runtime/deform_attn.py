@@ -53,10 +53,12 @@ def ms_deform_attn_gather(value: Tensor, spatial_shapes: SpatialShapes, location
     """
     b, s, m, d = value.shape
     q, n_levels, n_points = locations.shape[1], locations.shape[3], locations.shape[4]
-    if len(spatial_shapes) != n_levels or sum(h * w for h, w in spatial_shapes) != s:
+    tracing = torch.jit.is_tracing()  # the ONNX exporter: shapes are traced tensors there
+    if not tracing and (len(spatial_shapes) != n_levels or sum(h * w for h, w in spatial_shapes) != s):
         raise ValueError(f"ms_deform_attn_gather: spatial_shapes {list(spatial_shapes)} do not fit {n_levels} "
                          f"levels and {s} value tokens")
-    itype = torch.int32 if b * s * m < 2**31 else torch.int64  # embedding_bag takes either; int32 moves half the bytes
+    # embedding_bag takes int32 or int64 indices; int32 moves half the bytes.
+    itype = torch.int64 if tracing or b * s * m >= 2**31 else torch.int32
     # (b * S) * M + head: the table row of token 0 of each (image, head), [B, 1, M, 1].
     corner0 = (torch.arange(b, device=value.device, dtype=itype)[:, None] * (s * m)
                + torch.arange(m, device=value.device, dtype=itype)[None, :])[:, None, :, None]
@@ -77,6 +79,12 @@ def ms_deform_attn_gather(value: Tensor, spatial_shapes: SpatialShapes, location
         start += h * w
     k = n_levels * n_points * 4
     table = value.reshape(b * s * m, d)  # a view of the [B, S, M, D] value
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no EmbeddingBag (the exporter would emit a Loop over bags): Gather rows, weight and
+        # sum, one level at a time so that only [B*Q*M, 4 P, D] gathered values exist at once.
+        out = sum((table[r.reshape(b * q * m, 4 * n_points)] * w.reshape(b * q * m, 4 * n_points, 1)).sum(1)
+                  for r, w in zip(rows, wts))
+        return out.view(b, q, m * d)
     out = F.embedding_bag(torch.cat(rows, 3).reshape(b * q * m, k), table,
                           per_sample_weights=torch.cat(wts, 3).reshape(b * q * m, k), mode="sum")
     return out.view(b, q, m * d)
