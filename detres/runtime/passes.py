@@ -147,8 +147,10 @@ def ms_deform_gather(model: nn.Module) -> int:
     ``embedding_bag`` over the value rows instead of ``grid_sample`` per level; same Parameters).
 
     Contract: sampled outputs within 1e-5 abs of ``grid_sample``'s (bilinear, zero padding,
-    ``align_corners=False``) for unit-scale values, locations inside, on the border of or outside
-    [0, 1]; the same taps, weights rounded differently. Inference only (no gradient to the sampling
+    ``align_corners=False``) for unit-scale values on maps under 128 px, locations inside, on the
+    border of or outside [0, 1] (the same taps; the bilinear and attention weights multiplied in
+    another order); 2e-5 on the full-size 100x134 level, where float32 pixel coordinates themselves
+    round by 1e-5 px (measured max 1.1e-5 to 1.6e-5 by ``tools/benchmark.py deform-attn``). Inference only (no gradient to the sampling
     locations). Traceable (``torch.export`` keeps the ``embedding_bag``; ONNX opset 17 gets Gather +
     ReduceSum per level); on any device.
     """
