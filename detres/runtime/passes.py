@@ -152,7 +152,7 @@ def ms_deform_gather(model: nn.Module) -> int:
     another order); 2e-5 on the full-size 100x134 level, where float32 pixel coordinates themselves
     round by 1e-5 px (measured max 1.1e-5 to 1.6e-5 by ``tools/benchmark.py deform-attn``). Inference only (no gradient to the sampling
     locations). Traceable (``torch.export`` keeps the ``embedding_bag``; ONNX opset 17 gets Gather +
-    ReduceSum per level); on any device.
+    ReduceSum per level). A CPU pass (not measured on CUDA): skipped for models on other devices.
     """
     return replace_modules(model, lambda m: type(m) is MSDeformAttn, GatherMSDeformAttn)
 
@@ -204,7 +204,7 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
     Pass("onednn_linear", onednn_linear, cpu_only=True),
     Pass("winograd", winograd, cpu_only=True),
     Pass("roi_align_rows", roi_align_rows, cpu_only=True),
-    Pass("ms_deform_gather", ms_deform_gather, traceable=True),
+    Pass("ms_deform_gather", ms_deform_gather, cpu_only=True, traceable=True),
     Pass("jit_freeze", jit_freeze),
     Pass("compile", compile),
 )}
