@@ -148,7 +148,8 @@ class DeformableTransformer(nn.Module):
         mask [B, S], positions + level embedding [B, S, C], the level sizes, valid ratios [B, L, 2]."""
         if len(srcs) != self.num_feature_levels:
             raise ValueError(f"DeformableTransformer: built for {self.num_feature_levels} levels, got {len(srcs)}")
-        shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+        # the sizes as the maps report them (not int(...)), so that export keeps H and W dynamic
+        shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]
         x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         mask = torch.cat([m.flatten(1) for m in masks], 1)
         p = torch.cat([q.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, q in enumerate(pos)], 1)
