@@ -77,6 +77,8 @@ class GraphSpec:
         (batch, height, width, number of boxes); a symbol shared by inputs is one dimension.
     checked: the outputs an export parity check holds to a tolerance (None = all); large-magnitude
         intermediate maps such as pyramid features are reported only.
+    min_sizes: per symbol, the smallest size the graph is exported for (default 1), where a smaller
+        input would make some map 1 pixel wide and ``torch.export`` would specialize on it.
     """
 
     module: nn.Module
@@ -84,6 +86,7 @@ class GraphSpec:
     output_names: list[str]
     dynamic_dims: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)
     checked: list[str] | None = None
+    min_sizes: dict[str, int] = field(default_factory=dict)
 
 
 class TracedCall(nn.Module):

@@ -80,7 +80,8 @@ def flatten_levels(srcs: Sequence[Tensor], masks: Sequence[Tensor], pos: Sequenc
     """Per-level [B, C, H, W] maps, [B, H, W] masks and positions -> tokens [B, S, C] (level by level,
     row-major), padding mask [B, S], positions + level embedding [L, C] -> [B, S, C], the level sizes,
     valid ratios [B, L, 2]."""
-    shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+    # the sizes as the maps report them (not int(...)), so that export keeps H and W dynamic
+    shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]
     x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
     mask = torch.cat([m.flatten(1) for m in masks], 1)
     p = torch.cat([q.flatten(2).transpose(1, 2) + level_embed[lvl].view(1, 1, -1) for lvl, q in enumerate(pos)], 1)
