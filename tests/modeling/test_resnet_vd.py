@@ -64,7 +64,7 @@ def test_equals_timm_with_its_weights(depth: int) -> None:
     det = ResNet(depth=depth, variant="d", out_features=ALL).eval()  # norm frozen_bn (detection default)
     report = det.load_state_dict(sd, strict=False)
     assert sorted(report.unexpected_keys) == ["fc.bias", "fc.weight"] and not report.missing_keys
-    x = torch.randn(2, 3, 75, 61, generator=torch.Generator().manual_seed(1)) * 2  # odd: pools cut by the border
+    x = torch.randn(1, 3, 75, 61, generator=torch.Generator().manual_seed(1)) * 2  # odd: pools cut by the border
     with torch.no_grad():
         ref_logits, ref_feats = ref(x), _timm_stages(ref, x)
         logits, feats = clf(x), det(x)
@@ -112,8 +112,7 @@ def test_avg_pool_matches_presnet_pool_on_odd_sizes() -> None:
     torch.testing.assert_close(ours[..., -1, -1], x[..., -1, -1])  # the corner window holds one pixel
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-@pytest.mark.parametrize("size", [(64, 96), (65, 47), (33, 33)])
+@pytest.mark.parametrize("depth, size", [(18, (64, 96)), (18, (65, 47)), (18, (33, 33)), (50, (37, 71))])
 def test_output_shape_and_odd_sizes(depth: int, size: tuple[int, int]) -> None:
     model = ResNet(depth=depth, variant="d", first_block_projection=depth == 18).eval()
     expansion = 1 if depth == 18 else 4
@@ -139,18 +138,18 @@ def test_classifier_trains_bn_and_learns() -> None:
     torch.manual_seed(0)
     model = ResNet(depth=18, variant="d", num_classes=3).train()
     assert isinstance(model.conv1[1], nn.BatchNorm2d) and isinstance(model.layer2[0].downsample[2], nn.BatchNorm2d)
-    x, y = torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 2, 1])
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(4):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert model.conv1[0].weight.grad is not None and model.conv1[0].weight.grad.abs().sum() > 0
-    assert losses[-1] < 0.5 * losses[0]
-    assert int(model.conv1[1].num_batches_tracked) == 8
+    assert losses[-1] < 0.1 * losses[0]  # overfits one batch
+    assert int(model.conv1[1].num_batches_tracked) == 4
 
 
 def test_presnet_key_mapping_and_errors() -> None:
