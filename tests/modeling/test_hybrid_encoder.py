@@ -180,7 +180,7 @@ def _reference(sd: dict, feats: list[torch.Tensor], nhead: int, blocks: int) -> 
 
 @pytest.mark.parametrize("expansion,size", [(0.5, (64, 64)), (1.0, (64, 128)), (0.5, (128, 64))])
 def test_matches_hand_written_reference(expansion: float, size: tuple[int, int]) -> None:
-    """A tiny config against a plain-function forward over the official keys: within 1e-5 relative."""
+    """A tiny config against a plain-function forward over the official keys: within 1e-6 relative (measured 1e-7)."""
     torch.manual_seed(0)
     neck = HybridEncoder(TINY, hidden_dim=16, nhead=2, dim_feedforward=24, expansion=expansion, depth_mult=2 / 3)
     _randomize_bn(neck)
@@ -191,7 +191,7 @@ def test_matches_hand_written_reference(expansion: float, size: tuple[int, int])
         ref = _reference(neck.state_dict(), list(feats.values()), nhead=2, blocks=2)
     for (k, v), r in zip(out.items(), ref):
         assert v.shape == r.shape, k
-        assert (v - r).abs().max() <= 1e-5 * max(1.0, r.abs().max().item()), k
+        assert (v - r).abs().max() <= 1e-6 * max(1.0, r.abs().max().item()), k
 
 
 def test_no_encoder_layers_and_errors() -> None:
