@@ -1,5 +1,5 @@
-"""Parts shared by several heads: box coder, IoU matcher, balanced sampler, box losses, Hungarian
-matchers and set-prediction loss terms (focal, varifocal), sigmoid top-k detections, MLP, multi-scale deformable
+"""Parts shared by several heads: box coder, IoU matcher, balanced sampler, box and varifocal losses,
+Hungarian matchers and set-prediction loss terms, sigmoid top-k detections, MLP, multi-scale deformable
 attention. Importing this package fills the LAYERS registry."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from detres.modeling.layers.mlp import MLP
 from detres.modeling.layers.ms_deform_attn import MSDeformAttn, ms_deform_attn_sample, sampling_locations
 from detres.modeling.layers.sampler import MATCHING_MOVED_KEYS, BalancedSampler, sample_balanced
 from detres.modeling.layers.set_losses import (
-    box_losses, cardinality_error, class_error, denoising_indices, matched_index, matched_labels, num_boxes_normalizer,
-    varifocal_set_loss,
+    box_losses, cardinality_error, class_error, denoising_indices, matched_index, matched_labels,
+    num_boxes_normalizer, varifocal_set_loss,
 )
 from detres.modeling.layers.shapes import level_shapes
 from detres.modeling.layers.topk_detections import sigmoid_topk_detections, topk_detections
