@@ -47,6 +47,7 @@ class RTDETRCriterion(FocalSetCriterion):
         vfl_alpha / vfl_gamma: the varifocal loss's negative weight and focusing exponent.
         vfl_loss_coef / bbox_loss_coef / giou_loss_coef: weights of ``loss_vfl``, ``loss_bbox``,
             ``loss_giou`` and of their suffixed copies.
+        num_decoder_layers: passed by the head (the official weight dict has no per-layer entries).
     """
 
     def __init__(
@@ -59,9 +60,10 @@ class RTDETRCriterion(FocalSetCriterion):
         vfl_loss_coef: float = 1.0,
         bbox_loss_coef: float = 5.0,
         giou_loss_coef: float = 2.0,
+        num_decoder_layers: int = 6,
     ) -> None:
         super().__init__(num_classes=num_classes, matcher=matcher, bbox_loss_coef=bbox_loss_coef,
-                         giou_loss_coef=giou_loss_coef)
+                         giou_loss_coef=giou_loss_coef, num_decoder_layers=num_decoder_layers)
         self.vfl_alpha, self.vfl_gamma = vfl_alpha, vfl_gamma
         self.weights = {"loss_vfl": vfl_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
 

@@ -99,14 +99,14 @@ class RTDETRHead(nn.Module):
         """``forward_layers``' tensors -> the reference's training-mode output dict: "pred_logits"
         [B, Q, K], "pred_boxes" [B, Q, 4], "aux_outputs", "enc_aux_outputs" (the selected anchors),
         "enc_meta"; with denoising also "dn_aux_outputs" (every layer's denoising predictions) and
-        "dn_meta" ({"num_dn_group", "pad_size"})."""
+        "dn_meta" ({"dn_num_group", "dn_num_split": [D, Q]}, the reference's)."""
         d = 0 if dn is None else dn.content.shape[1]
         out = self._layers_dict(logits[:, :, d:], boxes[:, :, d:])
         out["enc_aux_outputs"] = [{"pred_logits": enc_logits, "pred_boxes": enc_boxes}]
         out["enc_meta"] = {"class_agnostic": False}
         if dn is not None:
             out["dn_aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:, :, :d], boxes[:, :, :d])]
-            out["dn_meta"] = {"num_dn_group": dn.num_groups, "pad_size": d}
+            out["dn_meta"] = {"dn_num_group": dn.num_groups, "dn_num_split": [d, logits.shape[2] - d]}
         return out
 
     def losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
