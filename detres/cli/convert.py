@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-queries", type=int, default=None,
                         help="deformable_detr two-stage: proposals kept (no tensor holds it; official 300)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     # argparse gives the first override to the optional positional when --out is used
     if args.out is not None and args.dst is not None:
         if "=" not in args.dst:

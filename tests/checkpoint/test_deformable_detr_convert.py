@@ -285,6 +285,13 @@ def test_mapping_classes_and_duplicates(caplog: pytest.LogCaptureFixture) -> Non
     assert "fine-tuning" in caplog.text and "transformer.decoder.class_embed.0.weight differs" in caplog.text
 
 
+def test_cli_takes_dst_or_out_not_both(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        convert_main(["--from", "deformable_detr", str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        convert_main(["--from", "deformable_detr", str(tmp_path / "a.pth")])
+
+
 def test_reader_heads_points_and_queries(official_ckpt: Any) -> None:
     sd = torch.load(official_ckpt("main"), weights_only=True)["model"]
     assert read_architecture(sd)["enc_n_points"] == 4
