@@ -279,7 +279,7 @@ def test_mapping_classes_and_duplicates(caplog: pytest.LogCaptureFixture) -> Non
     assert out80["head.class_embed.0.weight"][:, 0].tolist() == [float(i) for i in COCO_CATEGORY_IDS]
     # other counts: left out with a warning (fine-tuning); a differing duplicate: a warning naming it
     sd["transformer.decoder.class_embed.0.weight"] += 1
-    with caplog.at_level(logging.WARNING, logger="detres.checkpoint.deformable_detr"):
+    with caplog.at_level(logging.WARNING, logger="detres.checkpoint.deformable_layout"):
         out20 = convert_official_deformable_detr(sd, _Tiny(20))
     assert "head.class_embed.0.weight" not in out20
     assert "fine-tuning" in caplog.text and "transformer.decoder.class_embed.0.weight differs" in caplog.text

@@ -96,5 +96,6 @@ def class_error(matched_logits: Tensor, labels: Tensor) -> Tensor:
     """100 - top-1 accuracy (%) of matched queries (matched_logits [M, C], labels [M]); 0 when M = 0."""
     if labels.numel() == 0:
         return matched_logits.new_zeros(())
-    correct = (matched_logits.argmax(-1) == labels).float().mean()
-    return 100.0 - 100.0 * correct
+    # count * (100 / M) as the references' ``accuracy`` (not mean * 100): equal to the last float bit
+    correct = (matched_logits.argmax(-1) == labels).float().sum()
+    return 100.0 - correct * (100.0 / labels.numel())
