@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from detres.checkpoint.arch_reader import deform_points as _points
+from detres.checkpoint.arch_reader import drop_unavailable_loss_nodes as _drop_unavailable_loss_nodes
+from detres.checkpoint.arch_reader import load_recipe
+from detres.checkpoint.arch_reader import max_index as _max_index
 from detres.checkpoint.coco_layout import COCO_CATEGORY_IDS
 from detres.checkpoint.loader import Converter, register_converter
-from detres.registry import locate
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +114,6 @@ DEFORMABLE_DETR_CONVERTER = register_converter(
 # ---- architecture from the tensors ----------------------------------------------------------------
 
 
-def _max_index(sd: dict[str, Any], prefix: str) -> int:
-    """1 + the largest ``N`` of the keys ``{prefix}N.*`` (0 when there are none)."""
-    idx = [int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)]
-    return max(idx) + 1 if idx else 0
-
-
 def _resnet_depth(sd: dict[str, torch.Tensor]) -> int:
     blocks = tuple(_max_index(sd, f"backbone.0.body.layer{j}.") for j in range(1, 5))
     bottleneck = "backbone.0.body.layer1.0.conv3.weight" in sd
@@ -125,15 +122,6 @@ def _resnet_depth(sd: dict[str, torch.Tensor]) -> int:
         raise ValueError(f"backbone.0.body: ResNet blocks per stage {list(blocks)} "
                          f"({'bottleneck' if bottleneck else 'basic'}) match no ResNet-18/34/50/101/152")
     return depth
-
-
-def _points(sd: dict[str, torch.Tensor], attn: str, nheads: int, levels: int) -> int:
-    rows = sd[f"{attn}.sampling_offsets.weight"].shape[0]
-    per = nheads * levels * 2
-    if rows % per or sd[f"{attn}.attention_weights.weight"].shape[0] * 2 != rows:
-        raise ValueError(f"{attn}.sampling_offsets.weight has {rows} rows, not heads ({nheads}) x levels "
-                         f"({levels}) x points x 2; pass the checkpoint's number of heads as --nheads")
-    return rows // per
 
 
 def read_architecture(sd: dict[str, torch.Tensor], nheads: int = DEFAULT_NHEADS,
@@ -199,32 +187,13 @@ def _set_architecture(cfg: DictConfig, arch: dict[str, Any]) -> None:
         model.head.transformer[key] = arch[key]
 
 
-def _drop_unavailable_loss_nodes(cfg: DictConfig) -> None:
-    """Leave out the recipe's matcher / criterion nodes when this detres does not have their classes
-    (the model then builds inference-only: ``DeformableDETRHead(criterion=None)``)."""
-    for key in ("matcher", "criterion"):
-        node = cfg.model.head.get(key)
-        if node is None:
-            continue
-        try:
-            locate(node["_target_"])
-        except KeyError:
-            logger.warning("model.head.%s: %s is not available; the written config is inference-only",
-                           key, node["_target_"])
-            del cfg.model.head[key]
-
-
 def deformable_detr_config(sd: dict[str, torch.Tensor], nheads: int = DEFAULT_NHEADS,
                            num_queries: int | None = None) -> tuple[DictConfig, str]:
     """(config, header comment) of the detres ``DeformableDETR`` that holds the official state dict
     ``sd``: the architecture from ``read_architecture``, everything else (input, training, data) from
     the COCO recipe ``configs/_base_/deformable_detr.yaml``. The config names no ``_base_``."""
     arch = read_architecture(sd, nheads=nheads, num_queries=num_queries)
-    if not RECIPE.is_file():
-        raise FileNotFoundError(f"{RECIPE}: the Deformable DETR recipe the written config starts from is missing")
-    cfg = OmegaConf.load(RECIPE)
-    if "_base_" in cfg:
-        raise ValueError(f"{RECIPE} names a _base_; the converter needs a self-contained recipe")
+    cfg = load_recipe(RECIPE, "Deformable DETR")
     _set_architecture(cfg, arch)
     _drop_unavailable_loss_nodes(cfg)
     queries = ("num_queries: the checkpoint's query_embed rows" if not arch["two_stage"] else
