@@ -244,6 +244,7 @@ def test_mapping_drops_buffers_and_renames() -> None:
         "decoder.decoder.layers.0.cross_attn.num_points_scale": _scale([2]),
         "decoder.denoising_class_embed.weight": torch.zeros(3, 2),
         "decoder.enc_score_head.weight": torch.zeros(2, 2),
+        "decoder.enc_output.0.weight": torch.zeros(2, 2),  # v1 (rtdetr_pytorch) name of enc_output.proj
         "encoder.input_proj.0.conv.weight": torch.zeros(2, 2, 1, 1),
         "backbone.conv1.conv1_1.conv.weight": torch.zeros(1),
         "backbone.res_layers.0.blocks.0.short.conv.weight": torch.zeros(1),
@@ -251,6 +252,7 @@ def test_mapping_drops_buffers_and_renames() -> None:
     out = convert_official_rtdetr(sd)
     assert set(out) == {"head.transformer.input_proj.0.conv.weight", "head.denoising.label_enc.weight",
                         "head.transformer.enc_score_head.weight", "neck.input_proj.0.conv.weight",
+                        "head.transformer.enc_output.proj.weight",
                         "backbone.conv1.0.weight", "backbone.layer1.0.downsample.1.weight"}
 
 
