@@ -1,6 +1,6 @@
 """``detres convert``'s library side: which converters exist, the default target config per source
 layout, the config read from a checkpoint whose layout says its architecture (official Deformable
-DETR, DINO), and converting a reference checkpoint into a built detres model's checkpoint file."""
+DETR, DINO, RT-DETR), and converting a reference checkpoint into a built detres model's checkpoint file."""
 from __future__ import annotations
 
 import os
@@ -17,6 +17,7 @@ from detres.checkpoint.deformable_detr import deformable_detr_config
 from detres.checkpoint.dino import dino_config
 from detres.checkpoint.io import read_weights_file, to_tensor_dict, unwrap_state_dict
 from detres.checkpoint.loader import _CONVERTERS, convert_state_dict
+from detres.checkpoint.rtdetr import rtdetr_config
 
 __all__ = ["DEFAULT_CONFIGS", "CONFIG_READERS", "converter_names", "default_config", "config_from_checkpoint",
            "write_config", "convert_checkpoint"]
@@ -34,6 +35,7 @@ DEFAULT_CONFIGS = {
 CONFIG_READERS: dict[str, Callable[..., tuple[DictConfig, str]]] = {
     "deformable_detr": deformable_detr_config,
     "dino": dino_config,
+    "rtdetr": rtdetr_config,
 }
 
 
@@ -58,7 +60,7 @@ def default_config(fmt: str, src: str | os.PathLike) -> str:
 
 def config_from_checkpoint(fmt: str, src: str | os.PathLike, **options: Any) -> tuple[DictConfig, str]:
     """(config, header comment) of the model a ``fmt`` checkpoint holds, read from its tensors
-    (``options``: the reader's, ``nheads`` / ``num_queries`` for deformable_detr and dino)."""
+    (``options``: the reader's, ``nheads`` / ``num_queries`` for deformable_detr, dino and rtdetr)."""
     if fmt not in CONFIG_READERS:
         raise ValueError(f"--from {fmt} checkpoints do not say their architecture; pass --config CONFIG.yaml "
                          f"(config readers: {', '.join(sorted(CONFIG_READERS))})")

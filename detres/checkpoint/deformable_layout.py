@@ -1,5 +1,6 @@
 """What the official multi-scale deformable DETRs (fundamentalvision/Deformable-DETR, IDEA-Research/DINO)
-have in common in their checkpoints, for their converters (``deformable_detr``, ``dino``):
+have in common in their checkpoints, for their converters (``deformable_detr``, ``dino``; ``rtdetr`` uses
+the generic readers: ``max_index``, ``deform_points``, ``load_recipe``, ``drop_unavailable_loss_nodes``):
 
 - a torchvision ResNet under ``backbone.0.body.*`` (depth read from the block counts),
 - ``input_proj.{i}.{0: conv, 1: GroupNorm}`` per level: 1x1 convs on the backbone levels, then 3x3

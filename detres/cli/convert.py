@@ -3,7 +3,7 @@
 Reads a reference checkpoint, maps it onto the model a detres config builds (checking every
 shape), and writes ``{"format": "detres", "model": state_dict, "dataset_meta": {...}}``. With
 ``--out DIR`` it writes DIR/model.pth and DIR/config.yaml (the model's config, self-contained); for
-``--from deformable_detr`` and ``--from dino`` that config is read from the checkpoint's tensors
+``--from deformable_detr`` and ``--from dino`` / ``--from rtdetr`` that config is read from the checkpoint's tensors
 (layers, FFN width, levels, points, queries, classes, refinement / shared heads), so no config is needed. The ``--from``
 choices are the registered converters, so new layouts need no edit here; the work is
 ``detres.checkpoint.convert``.
@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder to write model.pth and config.yaml into")
     parser.add_argument("--config", default=None,
                         help="config of the target model (default: read from the checkpoint for deformable_detr "
-                             "and dino, else per layout)")
+                             "dino and rtdetr, else per layout)")
     parser.add_argument("--nheads", type=int, default=8,
-                        help="deformable_detr / dino: attention heads (the tensors cannot tell heads from points; "
+                        help="deformable_detr / dino / rtdetr: attention heads (the tensors cannot tell heads from points; "
                              "official default 8)")
     parser.add_argument("--num-queries", type=int, default=None,
-                        help="deformable_detr two-stage: proposals kept (no tensor holds it; official 300)")
+                        help="deformable_detr two-stage / rtdetr: queries selected (no tensor holds it; official 300)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_intermixed_args(argv)
     # argparse gives the first override to the optional positional when --out is used
