@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: ``python tools/benchmark.py {model,train,data,eval} ... [--json]``."""
+"""Benchmarks: ``python tools/benchmark.py {model,train,data,eval,deform-attn} ... [--json]``."""
 import sys
 from pathlib import Path
 

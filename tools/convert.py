@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a reference checkpoint: ``python tools/convert.py --from {torchvision,detectron2,detr} SRC DST``."""
+"""Convert a reference checkpoint: ``python tools/convert.py --from {torchvision,detectron2,detr,deformable_detr,dino,rtdetr} SRC (DST | --out DIR)``."""
 import sys
 from pathlib import Path
 

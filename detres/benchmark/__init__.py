@@ -1,1 +1,1 @@
-"""Benchmarks behind ``tools/benchmark.py {model,train,data,eval}``; each mode is one module."""
+"""Benchmarks behind ``tools/benchmark.py {model,train,data,eval,deform-attn}``; each mode is one module."""

@@ -1,5 +1,7 @@
 """model: inference latency (batch 1), throughput (batch N), peak memory, params and FLOPs of a config's
-model; ``--compare torchvision`` times torchvision's Faster R-CNN on the same weights, alternating.
+model; ``--compare torchvision`` times torchvision's Faster R-CNN on the same weights, alternating;
+``--compare transformers`` times Hugging Face's ``DeformableDetrForObjectDetection`` (image processor +
+model + post_process_object_detection) on a Deformable DETR config's weights.
 
 What is measured:
 - latency_s: median seconds of one ``model([image])`` call (preprocess + network + postprocess) over
@@ -10,7 +12,11 @@ What is measured:
 - throughput_img_s: images / median seconds of one ``model([image] * batch)`` call.
 - peak_mem_mb: CUDA: ``torch.cuda.max_memory_allocated`` during one batch-1 call. CPU: the growth of
   the process' max resident set size (``resource.getrusage``) over the first batch-1 call, which runs
-  before anything else; it is a high-water mark, so later (smaller) calls do not show.
+  before anything else; it is a high-water mark, so later (smaller) calls do not show. With
+  ``--compare transformers`` both models' first calls are measured alone: Linux's peak RSS is reset
+  (``/proc/self/clear_refs``) before each, and ``reference_peak_mem_mb`` is the reference's growth.
+- raw (``--compare transformers``): max |diff| of ``pred_logits`` / ``pred_boxes`` between detres'
+  ``forward_raw`` and the HF model on the same preprocessed batch (two-stage: also with HF's proposals).
 - gflops: ``torch.utils.flop_counter.FlopCounterMode`` over one batch-1 call (convolutions and
   matmuls; RoIAlign and NMS are not counted).
 """
@@ -46,9 +52,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
-    parser.add_argument("--compare", choices=["torchvision", "unoptimized"], default=None,
-                        help="also time torchvision's Faster R-CNN on the same converted weights, or the same "
-                             "detres model without detres.runtime.optimize (before/after)")
+    parser.add_argument("--compare", choices=["torchvision", "transformers", "unoptimized"], default=None,
+                        help="also time torchvision's Faster R-CNN on the same converted weights, transformers' "
+                             "DeformableDetrForObjectDetection on a Deformable DETR's weights (pip install "
+                             "'detres[benchmark]'), or the same detres model without detres.runtime.optimize")
     parser.add_argument("--torchvision-version", choices=["auto", "v1", "v2"], default="auto",
                         help="fasterrcnn_resnet50_fpn (v1) or _v2; auto: v2 when the config name says so")
     parser.add_argument("--no-optimize", action="store_true",
@@ -70,6 +77,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def _maxrss_mb() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+def _peak_growth_mb(fn: Any) -> tuple[Any, float]:
+    """(fn(), growth of the peak resident set over the call in MB). Linux: the peak is reset first
+    (``/proc/self/clear_refs``), so earlier calls do not hide it; elsewhere the ``ru_maxrss`` growth."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        base = int(status["VmRSS"].split()[0]) / 1024.0
+        out = fn()
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return out, int(status["VmHWM"].split()[0]) / 1024.0 - base
+    except (OSError, KeyError, ValueError):
+        before = _maxrss_mb()
+        out = fn()
+        return out, _maxrss_mb() - before
 
 
 def count_flops(model: nn.Module, images: list[Tensor]) -> float:
@@ -125,6 +149,20 @@ def _build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None, dict[
         ref.transform.min_size, ref.transform.max_size = (int(inp.min_size_test),), int(inp.max_size_test)
         load_reference_weights(model, ref)
         info["reference"] = f"torchvision fasterrcnn_resnet50_fpn{'_v2' if version == 'v2' else ''}"
+    elif args.compare == "transformers":
+        from detres.benchmark.hf_deformable import (
+            HFDeformablePipeline,
+            build_hf_deformable,
+            build_hf_processor,
+            randomize_weights,
+        )
+
+        randomize_weights(model, args.seed)  # shared by both; a fresh model's heads are degenerate
+        hf = build_hf_deformable(model)
+        ref = HFDeformablePipeline(hf, build_hf_processor(cfg.model.input), top_k=int(model.head.test_topk))
+        import transformers
+
+        info["reference"] = f"transformers {transformers.__version__} DeformableDetrForObjectDetection"
     return model, ref, info
 
 
@@ -170,6 +208,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base = torch.cuda.memory_allocated()
         ours_out = call(model, one)
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    elif args.compare == "transformers":
+        ours_out, peak_mb = _peak_growth_mb(lambda: call(model, one))
     else:
         before = _maxrss_mb()
         ours_out = call(model, one)
@@ -184,7 +224,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     fns = {"detres": lambda: call(model, one)}
     if ref is not None:
-        ref_out = call(ref, ref_one)
+        if args.compare == "transformers" and not cuda:
+            from detres.benchmark.hf_deformable import compare_raw
+
+            ref_out, ref_peak = _peak_growth_mb(lambda: call(ref, ref_one))
+            result["reference_peak_mem_mb"] = round(ref_peak, 1)
+            result["raw"] = compare_raw(model, ref.hf, model.preprocess(one))
+        else:
+            ref_out = call(ref, ref_one)
         result["check"] = compare_detections(ours_out, ref_out, label_offset=int(args.compare == "torchvision"))
         fns["reference"] = lambda: call(ref, ref_one)
     times = time_alternating(fns, args.iters, args.warmup, sync)
@@ -217,7 +264,8 @@ def _add(result: dict[str, Any], prefix: str, times: dict[str, dict[str, list[fl
 
 def _print_table(r: dict[str, Any]) -> None:
     print(f"model {r['config']} on {r['device']} ({r['threads']} threads), input {r['image_size'][0]}x{r['image_size'][1]}")
-    print(f"  params {r['params'] / 1e6:.2f} M   GFLOPs {r['gflops']:.1f}   peak mem +{r['peak_mem_mb']:.0f} MB")
+    ref_mem = f" (reference +{r['reference_peak_mem_mb']:.0f} MB)" if "reference_peak_mem_mb" in r else ""
+    print(f"  params {r['params'] / 1e6:.2f} M   GFLOPs {r['gflops']:.1f}   peak mem +{r['peak_mem_mb']:.0f} MB{ref_mem}")
     for prefix, label in (("", "batch 1"), ("batch_", f"batch {r['batch']}")):
         if f"{prefix}latency_s" not in r:
             continue
@@ -230,5 +278,8 @@ def _print_table(r: dict[str, Any]) -> None:
         print(line)
     if "check" in r:
         c = r["check"]
+        if "raw" in r:
+            print("  raw outputs vs reference: " + ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}"
+                                                             for k, v in r["raw"].items()))
         print(f"  detections identical: {c['identical']} (counts {c['detections']}, unmatched {c['unmatched']}, max box diff {c['max_box_diff']:.2e}, "
               f"max score diff {c['max_score_diff']:.2e})")

@@ -1,25 +1,41 @@
 """``detres convert``'s library side: which converters exist, the default target config per source
-layout, and converting a reference checkpoint into a built detres model's checkpoint file."""
+layout, the config read from a checkpoint whose layout says its architecture (official Deformable
+DETR, DINO, RT-DETR), and converting a reference checkpoint into a built detres model's checkpoint file."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from detres.checkpoint.coco_layout import coco_dataset_meta
-from detres.checkpoint.io import read_weights_file, unwrap_state_dict
+from detres.checkpoint.deformable_detr import deformable_detr_config
+from detres.checkpoint.dino import dino_config
+from detres.checkpoint.io import read_weights_file, to_tensor_dict, unwrap_state_dict
 from detres.checkpoint.loader import _CONVERTERS, convert_state_dict
+from detres.checkpoint.rtdetr import rtdetr_config
 
-__all__ = ["DEFAULT_CONFIGS", "converter_names", "default_config", "convert_checkpoint"]
+__all__ = ["DEFAULT_CONFIGS", "CONFIG_READERS", "converter_names", "default_config", "config_from_checkpoint",
+           "write_config", "convert_checkpoint"]
 
 #: config used when none is given, per source layout (``_v2`` picked from the keys), relative to the repo.
 DEFAULT_CONFIGS = {
     "torchvision": "configs/faster_rcnn/faster_rcnn_r50_fpn_torchvision_coco.yaml",
     "torchvision_v2": "configs/faster_rcnn/faster_rcnn_r50_fpn_v2_torchvision_coco.yaml",
     "detectron2": "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml",
+}
+
+
+#: source layouts whose tensors say the whole architecture: layout -> (state_dict, **options) ->
+#: (config, header comment). ``tools/convert.py --out DIR`` writes that config as DIR/config.yaml.
+CONFIG_READERS: dict[str, Callable[..., tuple[DictConfig, str]]] = {
+    "deformable_detr": deformable_detr_config,
+    "dino": dino_config,
+    "rtdetr": rtdetr_config,
 }
 
 
@@ -40,6 +56,23 @@ def default_config(fmt: str, src: str | os.PathLike) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"default config {path} not found; pass --config")
     return str(path)
+
+
+def config_from_checkpoint(fmt: str, src: str | os.PathLike, **options: Any) -> tuple[DictConfig, str]:
+    """(config, header comment) of the model a ``fmt`` checkpoint holds, read from its tensors
+    (``options``: the reader's, ``nheads`` / ``num_queries`` for deformable_detr, dino and rtdetr)."""
+    if fmt not in CONFIG_READERS:
+        raise ValueError(f"--from {fmt} checkpoints do not say their architecture; pass --config CONFIG.yaml "
+                         f"(config readers: {', '.join(sorted(CONFIG_READERS))})")
+    sd = to_tensor_dict(unwrap_state_dict(read_weights_file(src)))
+    return CONFIG_READERS[fmt](sd, **options)
+
+
+def write_config(cfg: DictConfig, path: str | os.PathLike, header: str = "") -> None:
+    """Write ``cfg`` as YAML (interpolations kept), ``header`` as leading ``#`` comment lines."""
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + OmegaConf.to_yaml(cfg)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
 
 
 def convert_checkpoint(model: nn.Module, src: str | os.PathLike, fmt: str, dst: str | os.PathLike,

@@ -48,9 +48,11 @@ _PREFIXES = (
 
 
 def is_official_detr(obj: dict[str, Any], sd: dict[str, Any]) -> bool:
-    """True for a state dict laid out as facebookresearch/detr's ``DETR`` (or its panoptic wrapper)."""
+    """True for a state dict laid out as facebookresearch/detr's ``DETR`` (or its panoptic wrapper);
+    official Deformable DETR (which has ``transformer.level_embed``) is not."""
     keys = [k[5:] if k.startswith("detr.") else k for k in sd]
-    return "query_embed.weight" in keys and any(k.startswith("transformer.decoder.") for k in keys)
+    return ("query_embed.weight" in keys and any(k.startswith("transformer.decoder.") for k in keys)
+            and "transformer.level_embed" not in keys)
 
 
 def _remap_classes(name: str, t: torch.Tensor, own: dict[str, torch.Tensor]) -> torch.Tensor | None:

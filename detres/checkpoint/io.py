@@ -108,7 +108,13 @@ def to_tensor_dict(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, Any]:
-    """The state dict inside a checkpoint: ``{"model": sd}``, ``{"state_dict": sd}``, ``{"ema": ...}`` or sd."""
+    """The state dict inside a checkpoint: ``{"model": sd}``, ``{"state_dict": sd}``, ``{"ema": ...}`` or sd.
+
+    The official RT-DETR layout ``{"ema": {"module": sd}, ...}`` gives the EMA weights (those the
+    official tools evaluate and release), even when the file also holds ``"model"``."""
+    ema = obj.get("ema")
+    if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+        return ema["module"]
     for key in ("model", "state_dict", "model_state_dict"):
         if key in obj and isinstance(obj[key], dict):
             return obj[key]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from detres.checkpoint.io import read_weights_file, to_tensor_dict, unwrap_state_dict
+from detres.checkpoint.presnet import convert_presnet, is_presnet
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +125,21 @@ def _match_key(key: str, own: dict[str, Any]) -> str:
     return k
 
 
+def _presnet_as_resnet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official RT-DETR PResNet weights (alone, or the ``backbone.*`` part of a detector's state dict)
+    renamed for ``ResNet(variant="d", first_block_projection=True)``; any other layout unchanged."""
+    part = sd if is_presnet(sd) else {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    return convert_presnet(part) if is_presnet(part) else sd
+
+
 def load_backbone_weights(module: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load classifier-layout weights (torchvision / timm / detres) into a backbone module.
+    """Load classifier-layout weights (torchvision / timm / detres / RT-DETR PResNet) into a backbone module.
 
     Detection checkpoints' backbone prefixes are stripped; a classifier head absent from the module
     (``fc.*``, ``classifier.*``, ``head.*``) is reported as unused, never an error.
     """
     obj = read_weights_file(path)
-    sd = to_tensor_dict(unwrap_state_dict(obj))
+    sd = _presnet_as_resnet(to_tensor_dict(unwrap_state_dict(obj)))
     own = module.state_dict()
     sd = {_match_key(k, own): v for k, v in sd.items()}
     # BatchNorm's step counter carries no weights; a frozen_bn model has none.

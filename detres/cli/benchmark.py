@@ -1,4 +1,4 @@
-"""``detres benchmark {model,train,data,eval} ... [--json]``: speed and memory, side by side with references."""
+"""``detres benchmark {model,train,data,eval,deform-attn} ... [--json]``: speed and memory, side by side with references."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ MODES = {
     "train": "detres.benchmark.train",
     "data": "detres.benchmark.data",
     "eval": "detres.benchmark.eval",
+    "deform-attn": "detres.benchmark.deform_attn",
 }
 
 

@@ -3,7 +3,8 @@ detector's traceable graphs (``model.graphs()``) as ONNX (opset >= 17) and ``tor
 ``DIR/<graph>.onnx`` / ``DIR/<graph>.pt2``, then check each against eager PyTorch and the whole
 detector run on them against ``model(images)`` (``detres.export.export_and_check``).
 
-DETR: one graph, ``dense`` (images, pad mask -> every decoder layer's logits and boxes). Faster
+DETR and Deformable DETR: one graph, ``dense`` (images, pad mask -> every decoder layer's logits and
+boxes; two-stage also the encoder proposals and the selected indices). Faster
 R-CNN: ``dense`` (images -> pyramid and RPN outputs) and ``box`` (pooled levels + RoIs -> class
 logits and box deltas); the model's own eager code selects proposals between them."""
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (<graph>.onnx, <graph>.pt2, parity.json)")
     parser.add_argument("--format", nargs="+", choices=["onnx", "program"], default=["onnx", "program"])
     parser.add_argument("--image-size", type=int, nargs=2, default=[320, 416], metavar=("H", "W"),
-                        help="example input size (multiples of 32, >= 64); the graphs accept other sizes")
+                        help="example input size (multiples of the graphs' size multiple: 32 for Faster R-CNN and "
+                             "DETR, any for Deformable DETR; >= 64); the graphs accept other sizes")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--static", action="store_true", help="fixed batch and size instead of dynamic")
     parser.add_argument("--no-optimize", "--no-fuse", dest="no_optimize", action="store_true",

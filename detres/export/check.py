@@ -3,6 +3,7 @@ run the whole detector on the exported graphs against ``model(images)``, detecti
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,32 +46,41 @@ def export_and_check(
     whether everything passed.
     """
     h, w = image_size
-    if h % 32 or w % 32 or min(h, w) < 64:
-        raise ValueError(f"--image-size {h} {w}: use multiples of 32, at least 64 (the padded sizes the graphs see)")
+    specs = model.graphs()
+    # the graphs' own constraints: padded sizes are multiples of their dims' multiple_of (Faster R-CNN,
+    # DETR: 32; Deformable DETR pads to the batch's largest image: 1) and at least their min_sizes
+    mult = max([m for s in specs.values() for dims in s.dynamic_dims.values() for _, m in dims.values()] + [1])
+    low = max([64] + [v for s in specs.values() for v in s.min_sizes.values()])
+    if h % mult or w % mult or min(h, w) < low:
+        raise ValueError(f"--image-size {h} {w}: use multiples of {mult}, at least {low} (the padded sizes the graphs see)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    specs = model.graphs()
     example = record_graph_inputs(model, random_images([(h, w), (h, w)], seed=0))
     checks = [example] + ([record_graph_inputs(model, random_images([(h + 64, w + 32)], seed=1))] if dynamic else [])
     report: dict[str, Any] = {"graphs": {}, "detections": {}}
     runners: dict[str, dict[str, Runner]] = {fmt: {} for fmt in formats}
     ok = True
     for name, spec in specs.items():
-        files = {}
+        files, seconds = {}, {}
         if "onnx" in formats:
+            start = time.perf_counter()
             files["onnx"] = export_onnx(spec, example[name], out / f"{name}.onnx", opset, dynamic)
+            seconds["onnx"] = time.perf_counter() - start
             runners["onnx"][name] = onnx_runner(files["onnx"], spec.input_names)
         if "program" in formats:
+            start = time.perf_counter()
             prog = export_program(spec, example[name], dynamic)
             files["program"] = str(out / f"{name}.pt2")
             torch.export.save(prog, files["program"])
+            seconds["program"] = time.perf_counter() - start
             runners["program"][name] = program_runner(prog)
         for fmt, path in files.items():
             diffs = graph_diffs(spec, runners[fmt][name], [c[name] for c in checks])
             bad = {k: v for k, v in diffs.items() if k in (spec.checked or spec.output_names) and v > atol}
             ok &= not bad
-            report["graphs"][f"{name}.{fmt}"] = {"file": path, "max_abs_diff": diffs, "over_atol": bad}
+            report["graphs"][f"{name}.{fmt}"] = {"file": path, "max_abs_diff": diffs, "over_atol": bad,
+                                                 "export_s": round(seconds[fmt], 1)}
     if dynamic:
         images = random_images([(h, w), (h + 40, w - 24)], seed=2)
         with torch.no_grad():
@@ -89,7 +99,7 @@ def summary_lines(report: dict[str, Any], atol: float) -> list[str]:
     lines = []
     for key, r in report["graphs"].items():
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in r["max_abs_diff"].items())
-        lines.append(f"{key} ({r['file']}) vs eager: max abs diff {diffs}")
+        lines.append(f"{key} ({r['file']}, exported in {r.get('export_s', float('nan')):.1f} s) vs eager: max abs diff {diffs}")
         lines += [f"  {key} {k}: {v:.2e} > {atol}" for k, v in r["over_atol"].items()]
     for fmt, cmp in report["detections"].items():
         lines.append(f"{fmt} end to end vs model(images): {cmp['detections']} detections, identical {cmp['identical']} "

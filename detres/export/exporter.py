@@ -60,7 +60,8 @@ def export_onnx(spec: GraphSpec, args: tuple[Tensor, ...], path: str | os.PathLi
 
 def export_program(spec: GraphSpec, args: tuple[Tensor, ...], dynamic: bool = True) -> Any:
     """``torch.export.export`` of ``spec.module`` on ``args``; ``dynamic`` makes the dims in
-    ``spec.dynamic_dims`` symbolic (a dim with ``multiple_of`` m > 1 as m times a symbol). A dim of
+    ``spec.dynamic_dims`` symbolic (a dim with ``multiple_of`` m > 1 as m times a symbol), from
+    ``spec.min_sizes`` (default 1) up. A dim of
     size 1 in ``args`` is specialized by torch.export, so record on batches of two or more."""
     shapes = None
     if dynamic:
@@ -70,7 +71,8 @@ def export_program(spec: GraphSpec, args: tuple[Tensor, ...], dynamic: bool = Tr
             dims = {}
             for d, (sym, mult) in spec.dynamic_dims.get(name, {}).items():
                 if (sym, mult) not in symbols:
-                    base = torch.export.Dim(sym, min=1, max=4096 // mult) if mult > 1 else torch.export.Dim(sym, min=1)
+                    low = -(-spec.min_sizes.get(sym, 1) // mult)  # in units of the multiple, rounded up
+                    base = torch.export.Dim(sym, min=low, max=4096 // mult) if mult > 1 else torch.export.Dim(sym, min=low)
                     symbols[(sym, mult)] = base * mult if mult > 1 else base
                 dims[d] = symbols[(sym, mult)]
             per_input.append(dims or None)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from detres.modeling.heads.roi_heads import ConvFCHead, GatherRoIAlign, MultiScaleRoIAlign
+from detres.modeling.layers.ms_deform_attn import MSDeformAttn
 from detres.modeling.heads.rpn import RPN
 from detres.modeling.necks import FPN, ChannelMapper
 from detres.runtime.convs import (
@@ -23,8 +24,10 @@ from detres.runtime.convs import (
     is_winograd_candidate,
     nnpack_ready,
 )
+from detres.runtime.deform_attn import GatherMSDeformAttn
 from detres.runtime.dense import FrozenDense
 from detres.runtime.heads import ONEDNN_LINEAR, HWCFlattenBoxHead, OneDNNLinear
+from detres.runtime.rep_vgg import FusedRepVggBlock, is_fusable
 
 
 def replace_modules(model: nn.Module, match: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> int:
@@ -52,6 +55,19 @@ def _conv_partner(name: str, children: dict[str, nn.Module], order: list[str]) -
     if i > 0 and name.isdigit() and isinstance(children[order[i - 1]], nn.Conv2d):
         return order[i - 1]
     return None
+
+
+@torch.no_grad()
+def rep_vgg(model: nn.Module) -> int:
+    """Every ``RepVggBlock`` (RT-DETR's CCFF) -> ``FusedRepVggBlock``: its 3x3 conv + BN and 1x1 conv + BN
+    branches merged into one 3x3 conv with a bias (RepVGG's re-parameterization, Ding et al. 2021).
+
+    Contract: one convolution instead of two summed ones, the fused weights computed in float64 and
+    rounded once: block outputs within relative 1e-5 of the reference (float32 reassociation), neck
+    features within relative 1e-4. Traceable (ONNX, ``torch.export``). Runs before ``fold_bn``, so the
+    later passes (``pointwise``, ``winograd``) see the fused plain ``nn.Conv2d``.
+    """
+    return replace_modules(model, is_fusable, FusedRepVggBlock.from_block)
 
 
 @torch.no_grad()
@@ -140,6 +156,21 @@ def roi_align_rows(model: nn.Module) -> int:
     return replace_modules(model, lambda m: type(m) is MultiScaleRoIAlign, GatherRoIAlign.like)
 
 
+def ms_deform_gather(model: nn.Module) -> int:
+    """Every ``MSDeformAttn`` -> ``GatherMSDeformAttn`` (bilinear sampling of all levels as one
+    ``embedding_bag`` over the value rows instead of ``grid_sample`` per level; same Parameters).
+
+    Contract: sampled outputs within 1e-5 abs of ``grid_sample``'s (bilinear, zero padding,
+    ``align_corners=False``) for unit-scale values on maps under 128 px, locations inside, on the
+    border of or outside [0, 1] (the same taps; the bilinear and attention weights multiplied in
+    another order); 2e-5 on the full-size 100x134 level, where float32 pixel coordinates themselves
+    round by 1e-5 px (measured max 1.1e-5 to 1.6e-5 by ``tools/benchmark.py deform-attn``). Inference only (no gradient to the sampling
+    locations). Traceable (``torch.export`` keeps the ``embedding_bag``; ONNX opset 17 gets Gather +
+    ReduceSum per level). A CPU pass (not measured on CUDA): skipped for models on other devices.
+    """
+    return replace_modules(model, lambda m: type(m) is MSDeformAttn, GatherMSDeformAttn)
+
+
 def jit_freeze(model: nn.Module) -> int:
     """A detector's ``backbone`` + ``neck`` -> ``FrozenDense`` (traced per input shape, frozen and
     optimized by TorchScript; ``neck`` becomes None). Contract: features within relative 1e-4."""
@@ -181,19 +212,24 @@ class Pass:
 
 # In the order ``optimize`` applies them (whatever order they are asked in).
 PASSES: dict[str, Pass] = {p.name: p for p in (
+    Pass("rep_vgg", rep_vgg, traceable=True),
     Pass("fold_bn", fold_bn, traceable=True),
     Pass("channels_last", channels_last),
     Pass("pointwise", pointwise, cpu_only=True),
     Pass("onednn_linear", onednn_linear, cpu_only=True),
     Pass("winograd", winograd, cpu_only=True),
     Pass("roi_align_rows", roi_align_rows, cpu_only=True),
+    Pass("ms_deform_gather", ms_deform_gather, cpu_only=True, traceable=True),
     Pass("jit_freeze", jit_freeze),
     Pass("compile", compile),
 )}
 
 BACKENDS: dict[str, tuple[str, ...]] = {
     # What Predictor, demo and benchmark apply: the fastest measured CPU path.
-    "cpu": ("fold_bn", "channels_last", "pointwise", "onednn_linear", "winograd", "roi_align_rows"),
+    "cpu": ("rep_vgg", "fold_bn", "channels_last", "pointwise", "onednn_linear", "winograd", "roi_align_rows",
+            "ms_deform_gather"),
     # Only passes that trace: the model ONNX / torch.export capture.
-    "export": ("fold_bn",),
+    # (ms_deform_gather traces too but is not here: in onnxruntime its Gather + ReduceSum graph is slower
+    # than GridSample at the encoder's full size, 1.1 s vs 0.77 s; see docs/benchmarks.md.)
+    "export": ("rep_vgg", "fold_bn"),
 }

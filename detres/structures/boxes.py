@@ -71,3 +71,10 @@ def nonempty(boxes: Tensor, min_size: float = 0.0) -> Tensor:
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
     return (w > min_size) & (h > min_size)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Unit-range boxes -> logit space: log(x / (1 - x)) with x clamped to [0, 1] and both terms to
+    >= eps (the DETR family's; Deformable DETR and RT-DETR use 1e-5, DINO 1e-3)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

@@ -11,7 +11,7 @@ EXIT_MISSING_EXTRA = 4
 
 #: module -> the detres extra that installs it (pyproject.toml [project.optional-dependencies]).
 EXTRA_OF = {"matplotlib": "viz", "tensorboard": "viz", "onnx": "export", "onnxruntime": "export",
-            "faster_coco_eval": "fast"}
+            "faster_coco_eval": "fast", "transformers": "benchmark"}
 
 
 class MissingExtraError(ImportError):

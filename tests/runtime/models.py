@@ -8,6 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detres.config import load_config
 from detres.modeling.build import build_model
 from detres.modeling.heads.roi_heads import BoxPredictor
+from detres.modeling.layers.ms_deform_attn import MSDeformAttn
 from detres.utils.compare import compare_detections
 
 FRCNN = "configs/examples/shapes_faster_rcnn.yaml"
@@ -73,3 +74,45 @@ def max_rel_diff(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> 
     """Largest ``max|out - ref| / max|ref|`` over the keys of ``ref``."""
     assert set(out) == set(ref)
     return max(float((out[k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
+
+
+class TinyDeformModel(nn.Module):
+    """Stand-in for a Deformable DETR in the pass tests: an encoder ``MSDeformAttn`` over three levels
+    (token centres as 2-d reference points, padding mask) and a decoder one (4-d reference boxes) plus
+    a Linear, random weights with offsets wide enough to sample outside the maps; eval mode."""
+
+    SHAPES = [(10, 13), (5, 7), (3, 4)]
+
+    def __init__(self, d_model: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        n = len(self.SHAPES)
+        self.encoder = MSDeformAttn(d_model, n_levels=n, n_heads=4, n_points=3)
+        self.decoder = MSDeformAttn(d_model, n_levels=n, n_heads=4, n_points=2)
+        self.box = nn.Linear(d_model, 4)
+        with torch.no_grad():
+            for attn in (self.encoder, self.decoder):
+                attn.sampling_offsets.weight.normal_(0, 0.3)
+                attn.attention_weights.weight.normal_(0, 0.3)
+        self.eval()
+
+    @staticmethod
+    def inputs(batch: int = 2, queries: int = 7, d_model: int = 32, seed: int = 1) -> tuple[torch.Tensor, ...]:
+        """Random (tokens [B, S, C], queries [B, Q, C], padding mask [B, S]; the last image's last
+        level column is padding)."""
+        g = torch.Generator().manual_seed(seed)
+        s = sum(h * w for h, w in TinyDeformModel.SHAPES)
+        mask = torch.zeros(batch, s, dtype=torch.bool)
+        h, w = TinyDeformModel.SHAPES[-1]
+        mask[-1, s - h * w:] = (torch.arange(h * w) % w) == w - 1
+        return torch.randn(batch, s, d_model, generator=g), torch.randn(batch, queries, d_model, generator=g), mask
+
+    def forward(self, tokens: torch.Tensor, queries: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> memory [B, S, C] (encoder output) and out [B, Q, C] (decoder output)."""
+        centres = torch.cat([torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w,
+                                                        indexing="ij")[::-1], -1).reshape(-1, 2)
+                             for h, w in self.SHAPES])  # [S, 2] (x, y)
+        ref = centres[None, :, None, :].expand(tokens.shape[0], -1, len(self.SHAPES), -1)
+        memory = self.encoder(tokens, ref, tokens, self.SHAPES, mask)
+        boxes = self.box(queries).sigmoid()[:, :, None, :].expand(-1, -1, len(self.SHAPES), -1)
+        return {"memory": memory, "out": self.decoder(queries, boxes, memory, self.SHAPES, mask)}

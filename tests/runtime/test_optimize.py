@@ -30,7 +30,8 @@ def test_export_backend_folds_bn_only_and_still_traces() -> None:
         with torch.no_grad():
             ref = {n: dict(zip(s.output_names, s.module(*inputs[n]))) for n, s in model.graphs().items()}
         optimize(model, backend="export")
-        assert list(model.runtime_passes) == list(BACKENDS["export"]) == ["fold_bn"]
+        assert list(model.runtime_passes) == list(BACKENDS["export"]) == ["rep_vgg", "fold_bn"]
+        assert model.runtime_passes["rep_vgg"] == 0  # no RepVGG blocks in these detectors
         assert model.runtime_passes["fold_bn"] == 20
         for name, spec in model.graphs().items():
             prog = export_program(spec, inputs[name], dynamic=False)

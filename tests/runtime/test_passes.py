@@ -10,12 +10,14 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detres.modeling.heads.roi_heads import ConvFCHead, MultiScaleRoIAlign
-from detres.runtime import PASSES, optimize
+from detres.runtime import BACKENDS, PASSES, optimize
 from detres.runtime.convs import PointwiseConv2d, WinogradConv2d
 from detres.runtime.dense import FrozenDense
 from detres.modeling.heads.roi_heads.pooler import GatherRoIAlign
 from detres.runtime.heads import HWCFlattenBoxHead, OneDNNLinear
-from tests.runtime.models import assert_detections_match, images, max_rel_diff, tiny_detr, tiny_frcnn
+from detres.modeling.layers.ms_deform_attn import MSDeformAttn
+from detres.runtime.deform_attn import GatherMSDeformAttn
+from tests.runtime.models import TinyDeformModel, assert_detections_match, images, max_rel_diff, tiny_detr, tiny_frcnn
 
 NNPACK = torch._nnpack_available()
 ONEDNN = torch.backends.mkldnn.is_available()
@@ -80,7 +82,8 @@ def test_every_default_cpu_pass_together(frcnn_ref) -> None:
     ref_model, ims, ref, _ = frcnn_ref
     model = optimize(copy.deepcopy(ref_model))
     assert list(model.runtime_passes) == ["fold_bn", "channels_last", "pointwise", "onednn_linear", "winograd",
-                                          "roi_align_rows"]
+                                          "roi_align_rows", "ms_deform_gather"]
+    assert model.runtime_passes["ms_deform_gather"] == 0  # no MSDeformAttn in Faster R-CNN
     assert not any(type(m) in (MultiScaleRoIAlign, ConvFCHead, FrozenBatchNorm2d) for m in model.modules())
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     with torch.inference_mode():
@@ -133,6 +136,33 @@ def test_compiled_features_match(frcnn_ref) -> None:
     x = torch.randn(1, 3, 128, 160)
     with torch.inference_mode():
         assert max_rel_diff(model.features(x), frcnn_ref[0].features(x)) < 1e-4
+
+
+# Passes checked on TinyDeformModel (MSDeformAttn layers) rather than on Faster R-CNN.
+DEFORM_MADE = {"ms_deform_gather": GatherMSDeformAttn}
+
+
+@pytest.mark.parametrize("names", [["ms_deform_gather"], list(BACKENDS["cpu"])])
+def test_deformable_attention_passes_keep_outputs(names: list[str]) -> None:
+    """The deformable-attention pass alone and with every default CPU pass (onednn_linear rewrites
+    the projections first): every MSDeformAttn is replaced, outputs within 1e-5 abs."""
+    model = TinyDeformModel()
+    inputs = TinyDeformModel.inputs()
+    with torch.no_grad():
+        ref = model(*inputs)
+    optimize(model, passes=names)
+    for name, made in DEFORM_MADE.items():
+        assert model.runtime_passes[name] == 2 and sum(type(m) is made for m in model.modules()) == 2
+    assert not any(type(m) is MSDeformAttn for m in model.modules())
+    with torch.no_grad():
+        out = model(*inputs)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=0, atol=1e-5)
+
+
+def test_every_pass_is_checked_on_and_off() -> None:
+    """A new pass must join MADE (Faster R-CNN), DEFORM_MADE or the passes tested by name below."""
+    assert set(PASSES) == set(MADE) | set(DEFORM_MADE) | {"jit_freeze", "compile"}
 
 
 def test_every_pass_is_documented_with_its_contract() -> None:

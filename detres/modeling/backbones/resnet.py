@@ -1,8 +1,14 @@
-"""ResNet-18/34/50/101/152 (He et al. 2016) with torchvision's module names.
+"""ResNet-18/34/50/101/152 (He et al. 2016) with torchvision's module names, and ResNet-vd.
 
 torchvision and timm ResNet state dicts load without renaming. Detection mode returns the stage
 outputs ``res2..res5`` (strides 4..32); classifier mode (``num_classes`` set) adds global pooling + fc
 and ``forward`` returns logits, for ImageNet-style classification and transfer learning.
+
+``variant="d"`` is ResNet-D ("Bag of Tricks", He et al. 2019, Sec. 4.1; the backbone of RT-DETR): a
+stem of three 3x3 convs (32, 32, 64 channels) and projection shortcuts that average-pool 2x2 before a
+stride-1 1x1 conv, with timm's ``resnet*d`` module names (``conv1`` a Sequential, ``downsample`` =
+(pool or Identity, conv, norm)). Official RT-DETR ``PResNet`` weights load after
+``detres.checkpoint.presnet.convert_presnet`` (with ``first_block_projection=True``).
 """
 from __future__ import annotations
 
@@ -24,21 +30,37 @@ def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
+def _projection(cin: int, cout: int, stride: int, norm: str, variant: str) -> nn.Sequential:
+    """The projection shortcut: variant b a strided 1x1 conv + norm (torchvision); variant d a 2x2
+    average pool (Identity at stride 1) then a stride-1 1x1 conv + norm (ResNet-D, timm's names).
+
+    The pool uses ``ceil_mode=True`` so odd sizes give the same map size as the strided 3x3 branch;
+    ``count_include_pad=False`` as timm. With no padding, PyTorch divides a window cut by the border
+    by its in-image size either way, so this equals PResNet's ``AvgPool2d(2, 2, 0, ceil_mode=True)``
+    (count_include_pad True) exactly, odd sizes included (tests/modeling/test_resnet_vd.py checks it).
+    """
+    if variant == "b":
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), make_norm(norm, cout))
+    pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride != 1 else nn.Identity()
+    return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), make_norm(norm, cout))
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with an identity or 1x1 projection shortcut (ResNet-18/34)."""
+    """Two 3x3 convs with an identity or projection shortcut (ResNet-18/34)."""
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, dilation: int, norm: str, stride_in_1x1: bool) -> None:
+    def __init__(
+        self, cin: int, planes: int, stride: int, dilation: int, norm: str, stride_in_1x1: bool,
+        downsample: nn.Module | None,
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, planes, stride, dilation)
         self.bn1 = make_norm(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes, 1, dilation)
         self.bn2 = make_norm(norm, planes)
-        self.downsample = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride=stride, bias=False), make_norm(norm, planes))
+        self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -53,7 +75,10 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, dilation: int, norm: str, stride_in_1x1: bool) -> None:
+    def __init__(
+        self, cin: int, planes: int, stride: int, dilation: int, norm: str, stride_in_1x1: bool,
+        downsample: nn.Module | None,
+    ) -> None:
         super().__init__()
         cout = planes * self.expansion
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -64,9 +89,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = make_norm(norm, cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), make_norm(norm, cout))
+        self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -92,8 +115,14 @@ class ResNet(Backbone):
             ``replace_stride_with_dilation`` and official DETR-DC5) or ``detectron2`` (every res5 block dilated).
         stride_in_1x1: put the stride of bottleneck blocks on the 1x1 conv (detectron2's MSRA weights).
         num_classes: classifier mode: global average pool + ``fc`` with this many outputs.
-        weights: local path of torchvision / timm / detres ResNet weights, read by
-            ``detres.checkpoint.load_backbone_weights``; nothing is downloaded.
+        weights: local path of torchvision / timm / detres ResNet weights (or official RT-DETR
+            ``PResNet`` ones), read by ``detres.checkpoint.load_backbone_weights``; nothing is downloaded.
+        variant: ``b`` (torchvision: 7x7 stem, strided 1x1 projections) or ``d`` (ResNet-vd: 3-conv
+            3x3 stem 32-32-64, 2x2 average pool before a stride-1 1x1 projection; timm's
+            ``resnet*d``). In a dilated res5 (``dilation=2``) the stride-1 projection does not pool.
+        first_block_projection: give the first block of every stage a 1x1 projection shortcut even
+            where shapes match (res2 of depth 18/34: 64 -> 64, no pooling), as the official RT-DETR
+            ``PResNet``; False (torchvision, timm) keeps the identity there.
     """
 
     def __init__(
@@ -107,6 +136,8 @@ class ResNet(Backbone):
         num_classes: int | None = None,
         weights: str | None = None,
         dilation_style: str = "torchvision",
+        variant: str = "b",
+        first_block_projection: bool = False,
     ) -> None:
         super().__init__()
         if depth not in STAGES:
@@ -118,11 +149,14 @@ class ResNet(Backbone):
             raise ValueError(f"ResNet dilation must be 1 or 2, got {dilation}")
         if dilation_style not in ("torchvision", "detectron2"):
             raise ValueError(f"ResNet dilation_style must be 'torchvision' or 'detectron2', got {dilation_style!r}")
+        if variant not in ("b", "d"):
+            raise ValueError(f"ResNet variant must be 'b' (torchvision) or 'd' (ResNet-vd), got {variant!r}")
         if norm is None:
             norm = "bn" if num_classes is not None else "frozen_bn"
         block = BasicBlock if depth < 50 else Bottleneck
         self.depth, self.out_features, self.num_classes = depth, list(out_features), num_classes
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.variant, self.first_block_projection = variant, first_block_projection
+        self.conv1 = self._stem(variant, norm)
         self.bn1 = make_norm(norm, 64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -137,8 +171,11 @@ class ResNet(Backbone):
             layers = []
             for j in range(n):
                 dj = 1 if (j == 0 and dilation_style == "torchvision") else d
-                layers.append(block(cin, planes, s if j == 0 else 1, dj, norm, stride_in_1x1))
-                cin = planes * block.expansion
+                sj, cout = (s if j == 0 else 1), planes * block.expansion
+                project = sj != 1 or cin != cout or (j == 0 and first_block_projection)
+                downsample = _projection(cin, cout, sj, norm, variant) if project else None
+                layers.append(block(cin, planes, sj, dj, norm, stride_in_1x1, downsample))
+                cin = cout
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             stride *= s
             self._shapes[f"res{i + 2}"] = ShapeSpec(cin, stride)
@@ -149,6 +186,18 @@ class ResNet(Backbone):
         if weights:
             load_backbone_weights(self, weights)
         self.freeze(freeze_at)
+
+    @staticmethod
+    def _stem(variant: str, norm: str) -> nn.Module:
+        """``conv1``: the 7x7 stride-2 conv (b) or three 3x3 convs 3->32 (stride 2)->32->64 with norm +
+        ReLU between them (d; the last conv's norm is ``bn1``, as timm's ``resnet*d``)."""
+        if variant == "b":
+            return nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        return nn.Sequential(
+            _conv3x3(3, 32, 2), make_norm(norm, 32), nn.ReLU(inplace=True),
+            _conv3x3(32, 32), make_norm(norm, 32), nn.ReLU(inplace=True),
+            _conv3x3(32, 64),
+        )
 
     def _init_weights(self) -> None:
         # torchvision's init: He (fan_out) convs, unit norms, so random-weight runs behave alike.
@@ -165,8 +214,9 @@ class ResNet(Backbone):
             raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
         self.freeze_at = freeze_at
         if freeze_at >= 1:
+            freeze_module(self.conv1)  # variant d: the stem's inner norms too
             self.bn1 = to_frozen_bn(self.bn1)
-            for p in [*self.conv1.parameters(), *self.bn1.parameters()]:
+            for p in self.bn1.parameters():
                 p.requires_grad_(False)
         for k in range(2, freeze_at + 1):
             freeze_module(getattr(self, f"layer{k - 1}"))

@@ -36,6 +36,9 @@ class InputConfig:
     size_divisibility: pad H and W up to a multiple of this; None (the default) takes the backbone's
         ``size_divisibility`` (32 for a backbone without one).
     pad_policy_test: ``per_image`` (batch-invariant, the default) or ``batch_max`` (the references').
+    fixed_size_test: [H, W]: test-time resize of every image to exactly this size, aspect ratio not kept
+        (RT-DETR's deploy input; with ``unit_range``, mean 0 and std 255 it is the [0, 1] scaling);
+        ``min_size_test`` / ``max_size_test`` are then unused.
     unit_range: scale pixels to 0..1 first and normalize with mean/255, std/255: the same maths in
         torchvision's float arithmetic, so its models see bitwise-identical inputs.
     """
@@ -48,6 +51,7 @@ class InputConfig:
     size_divisibility: int | None = None
     pad_policy_test: str = "per_image"
     unit_range: bool = False
+    fixed_size_test: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.format not in ("RGB", "BGR"):
@@ -56,6 +60,8 @@ class InputConfig:
             raise ValueError(f"model.input.pad_policy_test must be one of {PAD_POLICIES}, got {self.pad_policy_test!r}")
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
             raise ValueError("model.input.pixel_mean and pixel_std need 3 values each")
+        if self.fixed_size_test is not None and (len(self.fixed_size_test) != 2 or min(self.fixed_size_test) <= 0):
+            raise ValueError(f"model.input.fixed_size_test must be [H, W] with positive sizes, got {self.fixed_size_test}")
 
 
 @dataclass
@@ -71,6 +77,8 @@ class GraphSpec:
         (batch, height, width, number of boxes); a symbol shared by inputs is one dimension.
     checked: the outputs an export parity check holds to a tolerance (None = all); large-magnitude
         intermediate maps such as pyramid features are reported only.
+    min_sizes: per symbol, the smallest size the graph is exported for (default 1), where a smaller
+        input would make some map 1 pixel wide and ``torch.export`` would specialize on it.
     """
 
     module: nn.Module
@@ -78,6 +86,7 @@ class GraphSpec:
     output_names: list[str]
     dynamic_dims: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)
     checked: list[str] | None = None
+    min_sizes: dict[str, int] = field(default_factory=dict)
 
 
 class TracedCall(nn.Module):
@@ -144,8 +153,14 @@ class Detector(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std
 
     def resize_for_test(self, x: Tensor) -> Tensor:
-        """Bilinear test-time resize of a normalized [3, H, W] image (torchvision's recipe)."""
+        """Bilinear test-time resize of a normalized [3, H, W] image (torchvision's recipe); with
+        ``fixed_size_test`` to exactly that size, antialiased like the reference's PIL resize."""
         h, w = x.shape[-2:]
+        if self.input.fixed_size_test is not None:
+            size = tuple(int(v) for v in self.input.fixed_size_test)
+            if (h, w) == size:
+                return x
+            return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         scale = test_resize_scale(h, w, self.input.min_size_test, self.input.max_size_test)
         if scale == 1.0:
             return x
@@ -168,7 +183,10 @@ class Detector(nn.Module):
     def padded_size(self, image: Tensor) -> tuple[int, int]:
         """The (H, W) an image is padded to under the ``per_image`` policy (depends on it alone)."""
         h, w = image.shape[-2:]
-        s = test_resize_scale(h, w, self.input.min_size_test, self.input.max_size_test)
+        if self.input.fixed_size_test is not None:
+            h, w = (int(v) for v in self.input.fixed_size_test)
+        s = 1.0 if self.input.fixed_size_test is not None else test_resize_scale(
+            h, w, self.input.min_size_test, self.input.max_size_test)
         if s != 1.0:  # F.interpolate with recompute_scale_factor floors the scaled size
             h, w = int(math.floor(h * s)), int(math.floor(w * s))
         d = max(1, self.size_divisibility)

@@ -14,8 +14,8 @@ from detres.modeling.detectors.detr import DETR
 from detres.registry import DETECTORS
 from detres.structures import ImageBatch
 
-_DIMS = {"images": {0: ("batch", 1), 2: ("height", 32), 3: ("width", 32)},
-         "pad_mask": {0: ("batch", 1), 1: ("height", 32), 2: ("width", 32)}}
+_DIMS = {"images": {0: ("batch", 1), 2: ("height", 1), 3: ("width", 1)},
+         "pad_mask": {0: ("batch", 1), 1: ("height", 1), 2: ("width", 1)}}
 
 
 @DETECTORS.register()
@@ -54,8 +54,13 @@ class DeformableDETR(DETR):
         names = ["layer_logits", "layer_boxes"]
         if self.head.two_stage:
             names += ["enc_logits", "enc_boxes", "topk_indices"]
+        # Any padded size (size_divisibility 1) larger than the coarsest stride: below it the
+        # coarsest level is one pixel and torch.export would specialize on that.
+        shapes = (self.neck if self.neck is not None else self.backbone).output_shape().values()
+        low = max(s.stride for s in shapes) + 1
         return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, _DIMS,
-                                   checked=[n for n in names if n != "topk_indices"])}
+                                   checked=[n for n in names if n != "topk_indices"],
+                                   min_sizes={"height": low, "width": low})}
 
     def forward_raw(self, batch: ImageBatch, select_indices: Tensor | None = None) -> dict[str, Any]:
         """"pred_logits" [B, Q, K], "pred_boxes" [B, Q, 4] normalized cxcywh (relative to each image's

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from detres.modeling.detectors.base import GraphSpec, TracedCall
 from detres.modeling.detectors.deformable_detr import _DIMS, DeformableDETR
-from detres.modeling.heads.dino.denoising import DenoisingQueries
+from detres.modeling.layers.denoising import DenoisingQueries
 from detres.registry import DETECTORS
 from detres.structures import ImageBatch
 

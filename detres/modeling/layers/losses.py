@@ -1,4 +1,4 @@
-"""Box-regression and crowd-region helpers shared by the RPN and the ROI heads."""
+"""Loss helpers shared by several heads: box regression and crowd regions (RPN, ROI heads), varifocal loss."""
 from __future__ import annotations
 
 import torch
@@ -34,3 +34,26 @@ def split_crowd(target: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         return boxes, labels, boxes[:0]
     crowd = crowd.bool()
     return boxes[~crowd], labels[~crowd], boxes[crowd]
+
+
+def varifocal_loss(logits: Tensor, target_score: Tensor, positive: Tensor, alpha: float = 0.75,
+                   gamma: float = 2.0) -> Tensor:
+    """Element-wise varifocal loss (Zhang et al. 2021, VarifocalNet, Eq. 2, in RT-DETR's form).
+
+    Binary cross-entropy with logits against ``target_score`` (the IoU-aware classification score q:
+    the matched box's IoU at its target class, 0 elsewhere), weighted by q on positives and by
+    ``alpha * p^gamma`` on negatives (p = sigmoid(logits), detached), so easy negatives fade while
+    positives are weighted by their localization quality.
+
+    Args:
+        logits: [..., K] classification logits.
+        target_score: [..., K] targets in [0, 1], zero where ``positive`` is False.
+        positive: [..., K] bool or 0/1 mask of the positive (query, class) pairs.
+        alpha / gamma: the negatives' weight and focusing exponent (RT-DETR: 0.75, 2).
+
+    Returns:
+        [..., K] unreduced loss.
+    """
+    prob = logits.detach().sigmoid()
+    weight = alpha * prob.pow(gamma) * (1 - positive.to(logits.dtype)) + target_score
+    return F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")

@@ -17,7 +17,8 @@ from torch.nn import functional as F
 
 from detres.registry import LAYERS
 
-#: Feature level sizes [(H_l, W_l), ...] in the order the levels are flattened into the value tokens.
+#: Feature level sizes [(H_l, W_l), ...] in the order the levels are flattened into the value tokens:
+#: the maps' own ``shape`` entries (ints in eager, symbolic sizes under ONNX tracing / torch.export).
 SpatialShapes = list[tuple[int, int]]
 
 
@@ -51,7 +52,8 @@ def sampling_locations(reference: Tensor, offsets: Tensor, spatial_shapes: Spati
     Boxes: offsets are in units of half the box size divided by P (the paper's refinement variant).
     """
     if reference.shape[-1] == 2:
-        norm = torch.stack([offsets.new_tensor([float(w), float(h)]) for h, w in spatial_shapes])  # [L, 2]
+        # [L, 2] (W_l, H_l); new_full keeps traced sizes symbolic, where float(w) would freeze them
+        norm = torch.stack([torch.stack([offsets.new_full((), w), offsets.new_full((), h)]) for h, w in spatial_shapes])
         return reference[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None, :]
     if reference.shape[-1] == 4:
         n_points = offsets.shape[-2]

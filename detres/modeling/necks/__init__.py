@@ -3,5 +3,6 @@ from __future__ import annotations
 
 from detres.modeling.necks.channel_mapper import ChannelMapper
 from detres.modeling.necks.fpn import FPN
+from detres.modeling.necks.hybrid_encoder import HybridEncoder
 
-__all__ = ["FPN", "ChannelMapper"]
+__all__ = ["FPN", "ChannelMapper", "HybridEncoder"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from detres.modeling.heads.deformable_detr.criterion import FocalSetCriterion
 from detres.modeling.heads.deformable_detr.head import DeformableDETRHead
-from detres.modeling.heads.deformable_detr.layers import inverse_sigmoid
+from detres.structures.boxes import inverse_sigmoid
 from detres.modeling.heads.deformable_detr.transformer import DecoderRun, DeformableTransformer
 
 __all__ = ["DeformableDETRHead", "DeformableTransformer", "DecoderRun", "FocalSetCriterion", "inverse_sigmoid"]

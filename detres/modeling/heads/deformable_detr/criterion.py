@@ -93,11 +93,11 @@ class FocalSetCriterion(nn.Module):
     def _check(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> None:
         k = outputs["pred_logits"].shape[-1]
         if k != self.num_classes:
-            raise ValueError(f"FocalSetCriterion: pred_logits has {k} classes, expected "
+            raise ValueError(f"{type(self).__name__}: pred_logits has {k} classes, expected "
                              f"num_classes={self.num_classes} (sigmoid logits have no no-object column)")
         for i, t in enumerate(targets):
             if len(t["labels"]) and not 0 <= int(t["labels"].min()) <= int(t["labels"].max()) < k:
-                raise ValueError(f"FocalSetCriterion: image {i} has target labels outside 0..{k - 1} "
+                raise ValueError(f"{type(self).__name__}: image {i} has target labels outside 0..{k - 1} "
                                  f"({t['labels'].tolist()}); labels are contiguous 0..K-1, set num_classes")
 
     def _losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from detres.modeling.heads.deformable_detr.layers import inverse_sigmoid
+from detres.structures.boxes import inverse_sigmoid
 from detres.modeling.heads.deformable_detr.transformer import DeformableTransformer
 from detres.modeling.heads.detr.head import child_node
 from detres.modeling.layers.mlp import MLP

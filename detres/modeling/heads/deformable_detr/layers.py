@@ -14,14 +14,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detres.modeling.layers.ms_deform_attn import MSDeformAttn, SpatialShapes
+from detres.structures.boxes import inverse_sigmoid
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """log(x / (1 - x)) with x clamped to [0, 1] and both terms to >= eps (the reference's)."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def _activation(name: str):

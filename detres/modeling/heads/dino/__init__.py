@@ -5,7 +5,7 @@ Built on Deformable DETR's encoder and layers (``detres.modeling.heads.deformabl
 from __future__ import annotations
 
 from detres.modeling.heads.dino.criterion import DINOCriterion
-from detres.modeling.heads.dino.denoising import ContrastiveDenoising, DenoisingQueries, denoising_attn_mask
+from detres.modeling.layers.denoising import ContrastiveDenoising, DenoisingQueries, denoising_attn_mask
 from detres.modeling.heads.dino.head import DINOHead
 from detres.modeling.heads.dino.transformer import DINODecoder, DINORun, DINOTransformer
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from detres.modeling.heads.deformable_detr.criterion import FocalSetCriterion
-from detres.modeling.layers.set_losses import matched_index, num_boxes_normalizer
+from detres.modeling.layers.set_losses import denoising_indices, matched_index, num_boxes_normalizer
 from detres.registry import LAYERS
 
 #: terms a layer's denoising loss has (zero placeholders when there are no denoising queries, as the reference)
@@ -87,16 +87,5 @@ class DINOCriterion(FocalSetCriterion):
             losses.update({f"{k}_interm": v for k, v in interm.items()})
         return losses
 
-    @staticmethod
-    def denoising_indices(targets: list[dict[str, Tensor]], num_groups: int, pad_size: int
-                          ) -> list[tuple[Tensor, Tensor]]:
-        """(query, target) pairs of the positive denoising queries: in group g, box k of an image is
-        query g * group_size + k (group_size = pad_size // num_groups; negatives follow the positives)."""
-        group_size = pad_size // num_groups
-        out = []
-        for t in targets:
-            n = len(t["labels"])
-            k = torch.arange(n, device=t["labels"].device)
-            q = (torch.arange(num_groups, device=k.device)[:, None] * group_size + k[None]).flatten()
-            out.append((q, k.repeat(num_groups)))
-        return out
+    #: (query, target) pairs of the positive denoising queries (``set_losses.denoising_indices``).
+    denoising_indices = staticmethod(denoising_indices)

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from detres.modeling.heads.deformable_detr.head import PRIOR_PROB
-from detres.modeling.heads.deformable_detr.layers import inverse_sigmoid
+from detres.structures.boxes import inverse_sigmoid
 from detres.modeling.heads.detr.head import child_node
-from detres.modeling.heads.dino.denoising import ContrastiveDenoising, DenoisingQueries
+from detres.modeling.layers.denoising import ContrastiveDenoising, DenoisingQueries
 from detres.modeling.heads.dino.transformer import EPS, DINOTransformer
 from detres.modeling.layers.mlp import MLP
 from detres.modeling.layers.topk_detections import sigmoid_topk_detections

@@ -17,16 +17,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from detres.modeling.heads.deformable_detr.layers import (
-    DeformableDecoderLayer,
-    DeformableEncoder,
-    DeformableEncoderLayer,
-    inverse_sigmoid,
-)
+from detres.modeling.heads.deformable_detr.layers import DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer
 from detres.modeling.heads.deformable_detr.transformer import box_sine_embedding, flatten_levels, proposal_grid
 from detres.modeling.layers.ms_deform_attn import MSDeformAttn, SpatialShapes
 from detres.modeling.layers.mlp import MLP
 from detres.registry import LAYERS
+from detres.structures.boxes import inverse_sigmoid
 
 #: DINO's inverse_sigmoid clamp (Deformable DETR uses 1e-5)
 EPS = 1e-3
@@ -160,16 +156,21 @@ class DINOTransformer(nn.Module):
         logits = self.enc_out_class_embed(enc_memory)
         coords = self.enc_out_bbox_embed(enc_memory) + proposals
         if select_indices is None:
-            select_indices = torch.topk(logits.max(-1)[0], self.num_queries, dim=1)[1]
+            # an image smaller than num_queries tokens (tiny, or below the largest stride) keeps them all
+            k = min(self.num_queries, logits.shape[1])
+            select_indices = torch.topk(logits.max(-1)[0], k, dim=1)[1]
+        k = select_indices.shape[1]
         idx4 = select_indices[..., None].expand(-1, -1, 4)
         top = torch.gather(coords, 1, idx4)
         enc_logits = torch.gather(logits, 1, select_indices[..., None].expand(-1, -1, logits.shape[-1]))
         init_proposals = torch.gather(proposals, 1, idx4).sigmoid()
 
-        t = self.tgt_embed.weight[None].expand(b, -1, -1)
+        t = self.tgt_embed.weight[None, :k].expand(b, -1, -1)
         ref_unact = top.detach()
         if dn_content is not None:
             t = torch.cat([dn_content, t], 1)
             ref_unact = torch.cat([dn_boxes, ref_unact], 1)
+            if self_attn_mask is not None:
+                self_attn_mask = self_attn_mask[:t.shape[1], :t.shape[1]]
         hs, refs = self.decoder(t, ref_unact.sigmoid(), memory, shapes, ratios, mask, bbox_embed, self_attn_mask)
         return DINORun(hs, refs, enc_logits, top.sigmoid(), init_proposals, select_indices)

@@ -1,4 +1,5 @@
-"""DINO's contrastive denoising queries (Zhang et al. 2023, Sec. 3.2; DN-DETR, Li et al. 2022).
+"""Contrastive denoising queries (DINO, Zhang et al. 2023, Sec. 3.2; DN-DETR, Li et al. 2022), shared by
+DINO and RT-DETR (the same groups, noise and mask; they differ only in their noise scales).
 
 In training, each batch adds groups of noised ground-truth queries before the matching queries.
 A group holds a positive and a negative copy of every target box of an image: positives are moved by
@@ -15,9 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from detres.modeling.heads.deformable_detr.layers import inverse_sigmoid
 from detres.registry import LAYERS
-from detres.structures.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from detres.structures.boxes import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
 
 
 class DenoisingQueries(NamedTuple):
