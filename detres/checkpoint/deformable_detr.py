@@ -118,6 +118,8 @@ def _set_architecture(cfg: DictConfig, arch: dict[str, Any]) -> None:
         model.head[key] = arch[key]
     for key in ("nhead", "num_encoder_layers", "num_decoder_layers", "ffn_dim", "enc_n_points", "dec_n_points"):
         model.head.transformer[key] = arch[key]
+    if arch["two_stage"]:  # no reference-point predictor: queries come from the proposals
+        cfg.train.param_name_lr_mult.reference_points = None
 
 
 def deformable_detr_config(sd: dict[str, torch.Tensor], nheads: int = DEFAULT_NHEADS,
