@@ -36,8 +36,11 @@ class RTDETR(DeformableDETR):
         """``dense``: (images, pad_mask) -> every decoder layer's logits and boxes, the selected
         anchors' logits and boxes, and their indices."""
         names = ["layer_logits", "layer_boxes", "enc_logits", "enc_boxes", "topk_indices"]
+        # Any padded size above the coarsest stride (below it the coarsest level is one pixel and
+        # torch.export would specialize on that); RT-DETR's own input is a fixed 640x640.
+        low = max(s.stride for s in self.neck.output_shape().values()) + 1
         return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, _DIMS,
-                                   checked=names[:-1])}
+                                   checked=names[:-1], min_sizes={"height": low, "width": low})}
 
     def forward_raw(self, batch: ImageBatch, select_indices: Tensor | None = None,
                     dn: DenoisingQueries | None = None) -> dict[str, Any]:
