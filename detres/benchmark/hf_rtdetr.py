@@ -227,6 +227,7 @@ def compare_rtdetr_raw(model: nn.Module, hf: nn.Module, batch: ImageBatch) -> di
     return {"logits_max_diff": float((ours["pred_logits"] - out.logits).abs().max()),
             "boxes_max_diff": float((ours["pred_boxes"] - out.pred_boxes).abs().max()),
             "proposals_equal": bool(torch.equal(ours_topk.sort(1)[0], topk.sort(1)[0])),
+            "proposals_same_order": bool(torch.equal(ours_topk, topk)),
             "same_proposals_logits_max_diff": float((same["pred_logits"] - out.logits).abs().max()),
             "same_proposals_boxes_max_diff": float((same["pred_boxes"] - out.pred_boxes).abs().max())}
 
