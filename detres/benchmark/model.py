@@ -1,7 +1,8 @@
 """model: inference latency (batch 1), throughput (batch N), peak memory, params and FLOPs of a config's
 model; ``--compare torchvision`` times torchvision's Faster R-CNN on the same weights, alternating;
-``--compare transformers`` times Hugging Face's ``DeformableDetrForObjectDetection`` (image processor +
-model + post_process_object_detection) on a Deformable DETR config's weights.
+``--compare transformers`` times Hugging Face's ``DeformableDetrForObjectDetection`` (Deformable DETR
+configs) or ``RTDetrV2ForObjectDetection`` (RT-DETR configs): image processor + model +
+post_process_object_detection, on the same (seeded random) weights.
 
 What is measured:
 - latency_s: median seconds of one ``model([image])`` call (preprocess + network + postprocess) over
@@ -54,7 +55,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
     parser.add_argument("--compare", choices=["torchvision", "transformers", "unoptimized"], default=None,
                         help="also time torchvision's Faster R-CNN on the same converted weights, transformers' "
-                             "DeformableDetrForObjectDetection on a Deformable DETR's weights (pip install "
+                             "DeformableDetrForObjectDetection / RTDetrV2ForObjectDetection on a Deformable DETR's / "
+                             "RT-DETR's weights (pip install "
                              "'detres[benchmark]'), or the same detres model without detres.runtime.optimize")
     parser.add_argument("--torchvision-version", choices=["auto", "v1", "v2"], default="auto",
                         help="fasterrcnn_resnet50_fpn (v1) or _v2; auto: v2 when the config name says so")
@@ -150,20 +152,51 @@ def _build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None, dict[
         load_reference_weights(model, ref)
         info["reference"] = f"torchvision fasterrcnn_resnet50_fpn{'_v2' if version == 'v2' else ''}"
     elif args.compare == "transformers":
-        from detres.benchmark.hf_deformable import (
-            HFDeformablePipeline,
-            build_hf_deformable,
-            build_hf_processor,
-            randomize_weights,
+        ref, info["reference"] = _build_hf(model, cfg, args.seed)
+    return model, ref, info
+
+
+def _build_hf(model: nn.Module, cfg: Any, seed: int) -> tuple[nn.Module, str]:
+    """The transformers pipeline on ``model``'s weights (both first get seeded random weights where a
+    fresh model is degenerate): ``RTDetrV2ForObjectDetection`` for an RT-DETR, else
+    ``DeformableDetrForObjectDetection``. Returns (pipeline, its name)."""
+    from detres.utils.extras import import_extra
+
+    transformers = import_extra("transformers", "--compare transformers")
+
+    if type(model).__name__ == "RTDETR":
+        from detres.benchmark.hf_rtdetr import (
+            HFRTDetrPipeline,
+            build_hf_rtdetr,
+            build_hf_rtdetr_processor,
+            randomize_rtdetr_weights,
         )
 
-        randomize_weights(model, args.seed)  # shared by both; a fresh model's heads are degenerate
-        hf = build_hf_deformable(model)
-        ref = HFDeformablePipeline(hf, build_hf_processor(cfg.model.input), top_k=int(model.head.test_topk))
-        import transformers
+        randomize_rtdetr_weights(model, seed)
+        pipe = HFRTDetrPipeline(build_hf_rtdetr(model), build_hf_rtdetr_processor(cfg.model.input))
+        return pipe, f"transformers {transformers.__version__} RTDetrV2ForObjectDetection"
+    from detres.benchmark.hf_deformable import (
+        HFDeformablePipeline,
+        build_hf_deformable,
+        build_hf_processor,
+        randomize_weights,
+    )
 
-        info["reference"] = f"transformers {transformers.__version__} DeformableDetrForObjectDetection"
-    return model, ref, info
+    randomize_weights(model, seed)
+    pipe = HFDeformablePipeline(build_hf_deformable(model), build_hf_processor(cfg.model.input),
+                                top_k=int(model.head.test_topk))
+    return pipe, f"transformers {transformers.__version__} DeformableDetrForObjectDetection"
+
+
+def _compare_hf_raw(model: nn.Module, hf: nn.Module, batch: Any) -> dict[str, Any]:
+    """Raw-output diffs against the HF model (see ``hf_rtdetr.compare_rtdetr_raw`` / ``hf_deformable.compare_raw``)."""
+    if type(model).__name__ == "RTDETR":
+        from detres.benchmark.hf_rtdetr import compare_rtdetr_raw
+
+        return compare_rtdetr_raw(model, hf, batch)
+    from detres.benchmark.hf_deformable import compare_raw
+
+    return compare_raw(model, hf, batch)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,11 +258,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fns = {"detres": lambda: call(model, one)}
     if ref is not None:
         if args.compare == "transformers" and not cuda:
-            from detres.benchmark.hf_deformable import compare_raw
-
             ref_out, ref_peak = _peak_growth_mb(lambda: call(ref, ref_one))
             result["reference_peak_mem_mb"] = round(ref_peak, 1)
-            result["raw"] = compare_raw(model, ref.hf, model.preprocess(one))
+            result["raw"] = _compare_hf_raw(model, ref.hf, model.preprocess(one))
         else:
             ref_out = call(ref, ref_one)
         result["check"] = compare_detections(ours_out, ref_out, label_offset=int(args.compare == "torchvision"))

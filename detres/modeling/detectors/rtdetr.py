@@ -36,8 +36,15 @@ class RTDETR(DeformableDETR):
         """``dense``: (images, pad_mask) -> every decoder layer's logits and boxes, the selected
         anchors' logits and boxes, and their indices."""
         names = ["layer_logits", "layer_boxes", "enc_logits", "enc_boxes", "topk_indices"]
-        return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, _DIMS,
-                                   checked=names[:-1])}
+        # Padded sizes: multiples of the coarsest stride (the model pads to size_divisibility 32; the
+        # ResNet-vd shortcuts' ceil-mode average pools need it for symbolic sizes), above that stride
+        # (below it the coarsest level is one pixel and torch.export would specialize on that).
+        # RT-DETR's own input is a fixed 640x640.
+        stride = max(s.stride for s in self.neck.output_shape().values())
+        dims = {name: {i: (sym, stride if sym in ("height", "width") else m) for i, (sym, m) in d.items()}
+                for name, d in _DIMS.items()}
+        return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, dims,
+                                   checked=names[:-1], min_sizes={"height": stride + 1, "width": stride + 1})}
 
     def forward_raw(self, batch: ImageBatch, select_indices: Tensor | None = None,
                     dn: DenoisingQueries | None = None) -> dict[str, Any]:

@@ -53,8 +53,12 @@ def grid_anchors(shapes: SpatialShapes, device: torch.device, grid_size: float =
     space -> ([1, S, 4] (+inf where not strictly inside (eps, 1 - eps)), valid [1, S, 1] bool)."""
     anchors = []
     for lvl, (h, w) in enumerate(shapes):
-        gy, gx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        xy = (torch.stack([gx, gy], -1)[None] + 0.5) / torch.tensor([w, h], dtype=torch.float32, device=device)
+        ys = torch.arange(h, dtype=torch.float32, device=device)
+        xs = torch.arange(w, dtype=torch.float32, device=device)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        xy = torch.stack([gx, gy], -1)[None] + 0.5
+        # new_full keeps traced sizes symbolic, where torch.tensor([w, h]) would freeze them
+        xy = xy / torch.stack([xy.new_full((), w), xy.new_full((), h)])
         wh = torch.ones_like(xy) * (grid_size * 2.0**lvl)
         anchors.append(torch.cat([xy, wh], -1).reshape(1, h * w, 4))
     a = torch.cat(anchors, 1)
@@ -129,7 +133,8 @@ class RTDETRTransformer(nn.Module):
         None: no padding, as the reference's fixed-size input). ``select_indices`` [B, Q] replaces the
         top-k; ``dn_*`` / ``self_attn_mask``: denoising queries put first (training)."""
         srcs = [proj(f) for proj, f in zip(self.input_proj, feats)]
-        shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+        # the sizes as the maps report them (not int(...)), so that export keeps H and W dynamic
+        shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]
         memory = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pad = torch.cat([m.flatten(1) for m in masks], 1) if masks is not None else None
         anchors, valid = grid_anchors(shapes, memory.device)
