@@ -4,10 +4,10 @@ from __future__ import annotations
 from detres.data.transforms.base import Compose, DetData, RandomSelect, Transform
 from detres.data.transforms.color import ColorJitter
 from detres.data.transforms.geometric import (
-    LargeScaleJitter, RandomFlip, RandomSizeCrop, ResizeShortestEdge, crop, hflip, resize, shortest_edge_size,
+    LargeScaleJitter, RandomFlip, RandomSizeCrop, Resize, ResizeShortestEdge, crop, hflip, resize, shortest_edge_size,
 )
 
 __all__ = [
-    "DetData", "Transform", "Compose", "RandomSelect", "ResizeShortestEdge", "RandomFlip", "RandomSizeCrop",
+    "DetData", "Transform", "Compose", "RandomSelect", "Resize", "ResizeShortestEdge", "RandomFlip", "RandomSizeCrop",
     "LargeScaleJitter", "ColorJitter", "resize", "crop", "hflip", "shortest_edge_size",
 ]
