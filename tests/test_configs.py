@@ -16,7 +16,11 @@ CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglo
 
 def _shrink(cfg) -> list[str]:
     """Overrides that make a config cheap to build: ResNet-18, small test size, no weight files."""
-    out = ["model.input.min_size_test=96", "model.input.max_size_test=128"] if "input" in cfg.model else []
+    inp = cfg.model.get("input")
+    if inp is not None and inp.get("fixed_size_test") is not None:  # RT-DETR's fixed-size input
+        out = ["model.input.fixed_size_test=[96,128]"]
+    else:
+        out = ["model.input.min_size_test=96", "model.input.max_size_test=128"] if inp is not None else []
     bb = cfg.model.get("backbone")
     if bb is not None and bb.get("_target_") == "ResNet":
         out += ["model.backbone.depth=18", "model.backbone.weights=null"]
