@@ -101,7 +101,7 @@ def test_loss_falls_on_one_batch() -> None:
     losses = []
     for _ in range(21):
         loss = sum(m(images, TARGETS).values())
-        losses.append(float(loss))
+        losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -138,8 +138,10 @@ def test_image_smaller_than_the_largest_stride() -> None:
     # postprocess does not clip, so a corner can reach 1.5x the side)
     assert dets[0]["boxes"][:, 0::2].max() <= 1.5 * 24 + 1e-3 and dets[0]["boxes"][:, 1::2].max() <= 1.5 * 20 + 1e-3
     m.train()
-    small = [{"boxes": torch.tensor([[2.0, 3.0, 15.0, 18.0]]), "labels": torch.tensor([1])}]
-    losses = m(images[:1], small)
+    # two small images (BatchNorm needs more than one value per channel at res5's 1x1)
+    small = [{"boxes": torch.tensor([[2.0, 3.0, 15.0, 18.0]]), "labels": torch.tensor([1])},
+             {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = m([images[0], _images((24, 20))[0]], small)
     assert all(torch.isfinite(v) for v in losses.values())
 
 
