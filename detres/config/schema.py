@@ -35,6 +35,9 @@ class TrainConfig:
       kept as ``model_best.pth`` (written only when an evaluation runs).
     train_loader: dotted path of a function with ``detres.data.build_train_loader``'s signature
       (None = that one), for custom data pipelines.
+    final_transforms_iter: iterations after this many train with ``data.train_transforms_final``
+      instead of ``data.train_transforms`` (RT-DETR's ``stop_epoch``, YOLOX's last no-augmentation
+      epochs); None = never. The loader is rebuilt at that step; a resumed run past it uses them too.
     """
 
     output_dir: str = "output"
@@ -69,6 +72,7 @@ class TrainConfig:
     progress_bar: bool | None = None  # None: only when stderr is a terminal
     init_weights: str | None = None
     train_loader: str | None = None
+    final_transforms_iter: int | None = None
 
 
 @dataclass
@@ -97,6 +101,7 @@ class DataConfig:
     train: Any = None
     val: Any = None
     train_transforms: Any = None
+    train_transforms_final: Any = None  # from train.final_transforms_iter on (e.g. without augmentation)
     val_transforms: Any = None
     num_workers: int = 2
     aspect_ratio_grouping: bool = True

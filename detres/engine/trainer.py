@@ -137,6 +137,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.dataset_meta: dict[str, Any] | None = None
         self._loader: Iterator[Any] | None = None
+        self.final_transforms_iter = self._final_transforms_iter(cfg, tc)
+        self.final_transforms = False  # whether the loader now runs data.train_transforms_final
         self._resumed_rng: dict[str, Any] | None = None
         # Two RNG streams per rank (see the module docstring); the data stream is kept aside.
         seed_all(int(tc["seed"]) + 1_000_003 * (self.rank + 1))
@@ -153,6 +155,26 @@ class Trainer:
             )
         return batch_size // per
 
+    @staticmethod
+    def _final_transforms_iter(cfg: DictConfig, tc: dict[str, Any]) -> int | None:
+        """``train.final_transforms_iter``, checked against ``data.train_transforms_final`` (both or neither)."""
+        n = tc.get("final_transforms_iter")
+        final = cfg.data.get("train_transforms_final", None) if "data" in cfg and cfg.data is not None else None
+        if n is None and final is not None:
+            raise ValueError("data.train_transforms_final is set but train.final_transforms_iter is not: set "
+                             "train.final_transforms_iter=N (the iteration after which they replace "
+                             "data.train_transforms), or remove data.train_transforms_final.")
+        if n is not None and final is None:
+            raise ValueError(f"train.final_transforms_iter={n} needs data.train_transforms_final (the transform "
+                             "list of the iterations after it, e.g. [] or just the resize); add it or remove the key.")
+        if n is not None and int(n) < 0:
+            raise ValueError(f"train.final_transforms_iter must be >= 0, got {n}")
+        return None if n is None else int(n)
+
+    def wants_final_transforms(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (counted from 1) trains with ``data.train_transforms_final``."""
+        return self.final_transforms_iter is not None and iteration > self.final_transforms_iter
+
     @contextlib.contextmanager
     def _data_stream(self) -> Iterator[None]:
         model_rng = get_rng_state()
@@ -163,8 +185,15 @@ class Trainer:
             self._data_rng = get_rng_state()
             set_rng_state(model_rng)
 
-    def build_train_loader(self) -> Iterator[Any]:
-        """This rank's infinite iterator of micro-batches (list[Sample]), starting at ``data_position``."""
+    def build_train_loader(self, final: bool | None = None) -> Iterator[Any]:
+        """This rank's infinite iterator of micro-batches (list[Sample]), starting at ``data_position``.
+
+        ``final``: build it with ``data.train_transforms_final`` (default: whether the next iteration,
+        ``iter + 1``, is past ``train.final_transforms_iter``). The sample order and per-sample seeds
+        depend on the data position only, so switching lists changes the transforms and nothing else.
+        """
+        if final is None:
+            final = self.wants_final_transforms(self.iter + 1)
         builder = self._builder
         if builder is None and self.tc["train_loader"]:
             from detres.registry import locate
@@ -174,6 +203,9 @@ class Trainer:
             from detres.data import build_train_loader as builder  # type: ignore[no-redef]
         loader_cfg = copy.deepcopy(self.cfg)
         loader_cfg.train.batch_size = self.micro_batch * self.world_size  # images per loader step, all ranks
+        if final:
+            loader_cfg.data.train_transforms = loader_cfg.data.train_transforms_final
+        self.final_transforms = bool(final)
         with self._data_stream():
             loader = builder(loader_cfg, rank=self.rank, world_size=self.world_size,
                              start_iter=self.data_position, seed=int(self.tc["seed"]))
@@ -390,6 +422,8 @@ class Trainer:
             it = self.iter + 1
             t0 = time.perf_counter()
             position = self.data_position
+            if not self.final_transforms and self.wants_final_transforms(it):
+                self._switch_to_final_transforms()
             try:
                 batches = [self._next_batch() for _ in range(self.accumulate)]
             except Exception:
@@ -411,6 +445,14 @@ class Trainer:
                 self.evaluate()
             if ckpt_period > 0 and it % ckpt_period == 0:  # the last one too: a finished run can be extended exactly
                 self.save(f"model_{it:07d}.pth")
+
+    def _switch_to_final_transforms(self) -> None:
+        """Rebuild the loader with ``data.train_transforms_final`` at the current data position (every
+        rank at the same iteration; the old loader's workers shut down with it)."""
+        logger.info("iteration %d onwards: training with data.train_transforms_final (train.final_transforms_iter=%d)",
+                    self.iter + 1, self.final_transforms_iter)
+        self._loader = None
+        self._loader = self.build_train_loader(final=True)
 
     def _interrupted(self) -> None:
         """Save the last finished iteration (resumable) and raise ``TrainingInterrupted``."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from detres.data.transforms import (
-    ColorJitter, Compose, DetData, LargeScaleJitter, RandomFlip, RandomSelect, RandomSizeCrop, ResizeShortestEdge,
+    ColorJitter, Compose, DetData, LargeScaleJitter, RandomFlip, RandomSelect, RandomSizeCrop, Resize, ResizeShortestEdge,
     crop, hflip,
 )
 
@@ -37,6 +37,15 @@ def test_resize_scales_boxes(short: int, max_size: int, expect: tuple[int, int])
     sx, sy = expect[1] / 80, expect[0] / 60
     np.testing.assert_allclose(r.boxes, d.boxes * [sx, sy, sx, sy], rtol=1e-6)
     np.testing.assert_array_equal(r.labels, d.labels)
+
+
+def test_fixed_resize_ignores_aspect_ratio() -> None:
+    d = _data()  # 60 x 80
+    r = Resize([32, 48])(d, np.random.default_rng(0))
+    assert r.size == (32, 48) and r.image.shape == (32, 48, 3)
+    np.testing.assert_allclose(r.boxes, d.boxes * [48 / 80, 32 / 60, 48 / 80, 32 / 60], rtol=1e-6)
+    with pytest.raises(ValueError, match="Resize.size"):
+        Resize([32])
 
 
 def test_resize_choice_and_range_draw_from_rng() -> None:

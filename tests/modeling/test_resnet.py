@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detres.modeling.backbones import ResNet
@@ -215,3 +216,33 @@ def test_classifier_trains_its_bn_by_default_detection_backbone_stays_frozen() -
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in det.modules()) == 20
     # An explicit norm wins in either mode.
     assert not any(isinstance(m, nn.BatchNorm2d) for m in ResNet(depth=18, num_classes=10, norm="frozen_bn").modules())
+
+
+@pytest.mark.parametrize("depth,variant", [(18, "d"), (50, "d")])
+def test_classifier_variants_train_alike(depth: int, variant: str) -> None:
+    """ResNet-vd as a classifier is the plain ResNet's classifier (torchvision/timm ``fc`` on the pooled
+    res5 features, trainable BN) and overfits a tiny batch."""
+    torch.manual_seed(0)
+    clf = ResNet(depth=depth, variant=variant, num_classes=10).train()
+    width = 512 if depth == 18 else 2048
+    assert clf.fc.weight.shape == (10, width) and clf.fc.bias.shape == (10,)
+    norms = [m for m in clf.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert norms and all(type(m) is nn.BatchNorm2d for m in norms)
+    assert all(p.requires_grad for p in clf.parameters())
+    x, y = torch.randn(4, 3, 32, 48), torch.tensor([0, 3, 7, 3])
+    opt = torch.optim.AdamW(clf.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        logits = clf(x)
+        assert logits.shape == (4, 10)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+    stem = clf.conv1[0] if variant == "d" else clf.conv1
+    assert stem.weight.grad is not None and stem.weight.grad.abs().sum() > 0
+    clf.eval()
+    with torch.no_grad():
+        assert torch.equal(clf(x[:1]), clf(x[:1]))  # running statistics in eval: deterministic

@@ -5,10 +5,11 @@ from detres.data.transforms.base import Compose, DetData, RandomSelect, Transfor
 from detres.data.transforms.color import ColorJitter
 from detres.data.transforms.ssd import RandomIoUCrop, RandomPhotometricDistort, RandomZoomOut, SanitizeBoxes
 from detres.data.transforms.geometric import (
-    LargeScaleJitter, RandomFlip, RandomSizeCrop, ResizeShortestEdge, crop, hflip, resize, shortest_edge_size,
+    LargeScaleJitter, RandomFlip, RandomSizeCrop, Resize, ResizeShortestEdge, crop, hflip, resize, shortest_edge_size,
 )
 
 __all__ = [
-    "DetData", "Transform", "Compose", "RandomSelect", "ResizeShortestEdge", "RandomFlip", "RandomSizeCrop",
-    "LargeScaleJitter", "ColorJitter", "RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop", "SanitizeBoxes", "resize", "crop", "hflip", "shortest_edge_size",
+    "DetData", "Transform", "Compose", "RandomSelect", "Resize", "ResizeShortestEdge", "RandomFlip", "RandomSizeCrop",
+    "LargeScaleJitter", "ColorJitter", "RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop", "SanitizeBoxes",
+    "resize", "crop", "hflip", "shortest_edge_size",
 ]

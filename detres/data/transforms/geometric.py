@@ -75,6 +75,23 @@ class ResizeShortestEdge:
 
 
 @TRANSFORMS.register()
+class Resize:
+    """Resize to exactly ``size`` [H, W], aspect ratio not kept (RT-DETR's training ``Resize(640, 640)``,
+    matching the model's ``input.fixed_size_test``)."""
+
+    def __init__(self, size: list[int]) -> None:
+        if len(size) != 2 or min(int(v) for v in size) <= 0:
+            raise ValueError(f"Resize.size must be [H, W] with positive sizes, got {size}")
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, data: DetData, rng: np.random.Generator) -> DetData:
+        return resize(data, *self.size)
+
+    def __repr__(self) -> str:
+        return f"Resize({list(self.size)})"
+
+
+@TRANSFORMS.register()
 class RandomFlip:
     """Horizontal flip with probability ``prob``."""
 
