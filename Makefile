@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m slow -n 2 --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

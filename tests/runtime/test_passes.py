@@ -81,9 +81,10 @@ def test_channels_last_box_head_is_the_reference_head_with_permuted_columns(frcn
 def test_every_default_cpu_pass_together(frcnn_ref) -> None:
     ref_model, ims, ref, _ = frcnn_ref
     model = optimize(copy.deepcopy(ref_model))
-    assert list(model.runtime_passes) == ["fold_bn", "channels_last", "pointwise", "onednn_linear", "winograd",
-                                          "roi_align_rows", "ms_deform_gather"]
+    assert list(model.runtime_passes) == ["rep_vgg", "fold_bn", "channels_last", "pointwise", "onednn_linear",
+                                          "winograd", "roi_align_rows", "ms_deform_gather"]
     assert model.runtime_passes["ms_deform_gather"] == 0  # no MSDeformAttn in Faster R-CNN
+    assert model.runtime_passes["rep_vgg"] == 0  # nor RepVGG blocks
     assert not any(type(m) in (MultiScaleRoIAlign, ConvFCHead, FrozenBatchNorm2d) for m in model.modules())
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     with torch.inference_mode():
@@ -161,8 +162,9 @@ def test_deformable_attention_passes_keep_outputs(names: list[str]) -> None:
 
 
 def test_every_pass_is_checked_on_and_off() -> None:
-    """A new pass must join MADE (Faster R-CNN), DEFORM_MADE or the passes tested by name below."""
-    assert set(PASSES) == set(MADE) | set(DEFORM_MADE) | {"jit_freeze", "compile"}
+    """A new pass must join MADE (Faster R-CNN), DEFORM_MADE or the passes tested by name elsewhere
+    (rep_vgg: tests/runtime/test_rep_vgg.py)."""
+    assert set(PASSES) == set(MADE) | set(DEFORM_MADE) | {"jit_freeze", "compile", "rep_vgg"}
 
 
 def test_every_pass_is_documented_with_its_contract() -> None:
