@@ -26,7 +26,8 @@ class TrainConfig:
     backbone_lr_mult: LR multiplier of parameters under ``backbone.``.
     weight_decay_norm / weight_decay_bias: weight decay of norm layers / biases (None = the optimizer's).
     param_name_lr_mult: {name part: lr_mult} for parameters whose name contains the part, e.g.
-      ``{sampling_offsets: 0.1, reference_points: 0.1}`` (Deformable DETR's linear projections).
+      ``{sampling_offsets: 0.1, reference_points: 0.1}`` (Deformable DETR's linear projections); a
+      part set to null is dropped (to remove one that a ``_base_`` sets).
     param_overrides: {param-name prefix: {lr_mult, weight_decay}}; the longest matching prefix wins.
     checkpoint_period: write a resumable ``model_{iter:07d}.pth`` every this many iterations (0 = none);
       ``model_final.pth`` / ``model_best.pth`` hold no optimizer state.
@@ -59,7 +60,7 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     weight_decay_norm: float | None = 0.0
     weight_decay_bias: float | None = None
-    param_name_lr_mult: dict[str, float] = field(default_factory=dict)
+    param_name_lr_mult: dict[str, float | None] = field(default_factory=dict)
     param_overrides: dict[str, Any] = field(default_factory=dict)
     sync_bn: bool = False
     find_unused_parameters: bool = False

@@ -6,7 +6,9 @@ Each trainable parameter gets an LR multiplier and a weight decay:
 - parameters of normalization layers get ``weight_decay_norm`` and biases ``weight_decay_bias``
   (None = the optimizer's weight decay), as detectron2 does;
 - ``param_name_lr_mult: {part: lr_mult}`` sets the LR multiplier of parameters whose name contains
-  ``part`` (Deformable DETR trains ``sampling_offsets`` and ``reference_points`` at 0.1x);
+  ``part`` (Deformable DETR trains ``sampling_offsets`` and ``reference_points`` at 0.1x); a part set
+  to None is dropped, so a config can remove one its ``_base_`` sets (the two-stage model has no
+  ``reference_points`` layer);
 - ``param_overrides: {prefix: {lr_mult, weight_decay}}`` wins over both for names starting with
   ``prefix`` (the longest matching prefix), e.g. ``{"head.query_embed": {weight_decay: 0.0}}``.
 
@@ -62,7 +64,7 @@ def build_param_groups(
             raise ValueError(
                 f"train.param_overrides['{prefix}']: unknown keys {sorted(bad)}; use {sorted(_OVERRIDE_KEYS)}."
             )
-    name_mults = {str(k): float(v) for k, v in (param_name_lr_mult or {}).items()}
+    name_mults = {str(k): float(v) for k, v in (param_name_lr_mult or {}).items() if v is not None}
     used: set[str] = set()
     used_parts: set[str] = set()
     norm_names = _norm_param_names(model)

@@ -26,6 +26,9 @@ class ChannelMapper(nn.Module):
     backbone level itself (not its projection), the next ones on the previous extra level (Deformable
     DETR, Zhu et al. 2021, Sec. 4.1 and Appendix A.2).
 
+    ``in_features``: backbone outputs to project, finest first; None: every output of the backbone, so
+    swapping the backbone (a timm model, fewer levels) needs no neck line.
+
     Outputs are named ``p{k}`` by stride 2^k. Module names: ``convs.{i}.{0: conv, 1: norm}``,
     ``extra_convs.{j}.{0, 1}``. ``bias``: the convs have a bias (the references' layout, also with a norm).
     ``init``: ``default`` (PyTorch's conv init) or ``xavier`` (Xavier-uniform weights, zero bias: Deformable
@@ -35,7 +38,7 @@ class ChannelMapper(nn.Module):
     def __init__(
         self,
         input_shape: dict[str, ShapeSpec],
-        in_features: Sequence[str] = ("res5",),
+        in_features: Sequence[str] | None = ("res5",),
         out_channels: int = 256,
         norm: str = "",
         num_extra_levels: int = 0,
@@ -43,6 +46,10 @@ class ChannelMapper(nn.Module):
         init: str = "default",
     ) -> None:
         super().__init__()
+        if in_features is None:
+            in_features = sorted(input_shape, key=lambda f: input_shape[f].stride)
+        if not in_features:
+            raise ValueError(f"ChannelMapper in_features is empty; name some of the backbone outputs {list(input_shape)}")
         missing = [f for f in in_features if f not in input_shape]
         if missing:
             raise ValueError(f"ChannelMapper in_features {missing} are not backbone outputs {list(input_shape)}")
