@@ -80,7 +80,8 @@ def flatten_levels(srcs: Sequence[Tensor], masks: Sequence[Tensor], pos: Sequenc
     """Per-level [B, C, H, W] maps, [B, H, W] masks and positions -> tokens [B, S, C] (level by level,
     row-major), padding mask [B, S], positions + level embedding [L, C] -> [B, S, C], the level sizes,
     valid ratios [B, L, 2]."""
-    shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+    # the sizes as the maps report them (not int(...)), so that export keeps H and W dynamic
+    shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]
     x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
     mask = torch.cat([m.flatten(1) for m in masks], 1)
     p = torch.cat([q.flatten(2).transpose(1, 2) + level_embed[lvl].view(1, 1, -1) for lvl, q in enumerate(pos)], 1)
@@ -188,10 +189,8 @@ class DeformableTransformer(nn.Module):
         logits = enc_class_embed(enc_memory)
         coords = enc_bbox_embed(enc_memory) + proposals
         if select_indices is None:
-            # An image smaller than num_queries tokens (e.g. 20x24 px) keeps all of them (the
-            # reference's topk would fail); sym_min keeps the count symbolic under export.
-            k = torch.sym_min(self.num_queries, logits.shape[1])
-            select_indices = torch.topk(logits[..., 0], k, dim=1)[1]
+            # an image smaller than num_queries tokens (tiny, or below the largest stride) keeps them all
+            select_indices = torch.topk(logits[..., 0], min(self.num_queries, logits.shape[1]), dim=1)[1]
         top = torch.gather(coords, 1, select_indices[..., None].expand(-1, -1, 4)).detach()
         reference = top.sigmoid()
         qpos, tgt = torch.split(self.pos_trans_norm(self.pos_trans(box_sine_embedding(reference, c // 2))), c, dim=2)
