@@ -3,18 +3,20 @@ model; ``--compare torchvision`` times torchvision's Faster R-CNN on the same we
 ``--compare transformers`` times Hugging Face's ``DeformableDetrForObjectDetection`` (Deformable DETR
 configs) or ``RTDetrV2ForObjectDetection`` (RT-DETR configs): image processor + model +
 post_process_object_detection, on the same (seeded random) weights.
+``--compare-config OTHER`` times another config's model (built with the same seed, overrides and
+runtime passes) side by side, e.g. DINO against Deformable DETR.
 
 What is measured:
 - latency_s: median seconds of one ``model([image])`` call (preprocess + network + postprocess) over
   ``--iters`` runs after ``--warmup``; ``latency_iqr_s`` is its inter-quartile range.
 - cpu_s: median CPU seconds of this process per call (``time.process_time``, all threads); on a
   shared machine it is far less disturbed by other processes than wall time.
-- ratio / cpu_ratio: detres / reference medians of wall / CPU seconds, same inputs, alternating runs.
+- ratio / cpu_ratio: detres (``--config``) / reference (``--compare`` or ``--compare-config``) medians of wall / CPU seconds, same inputs, alternating runs.
 - throughput_img_s: images / median seconds of one ``model([image] * batch)`` call.
 - peak_mem_mb: CUDA: ``torch.cuda.max_memory_allocated`` during one batch-1 call. CPU: the growth of
   the process' max resident set size (``resource.getrusage``) over the first batch-1 call, which runs
   before anything else; it is a high-water mark, so later (smaller) calls do not show. With
-  ``--compare transformers`` both models' first calls are measured alone: Linux's peak RSS is reset
+  ``--compare transformers`` or ``--compare-config`` both models' first calls are measured alone: Linux's peak RSS is reset
   (``/proc/self/clear_refs``) before each, and ``reference_peak_mem_mb`` is the reference's growth.
 - raw (``--compare transformers``): max |diff| of ``pred_logits`` / ``pred_boxes`` between detres'
   ``forward_raw`` and the HF model on the same preprocessed batch (two-stage: also with HF's proposals).
@@ -58,6 +60,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "DeformableDetrForObjectDetection / RTDetrV2ForObjectDetection on a Deformable DETR's / "
                              "RT-DETR's weights (pip install "
                              "'detres[benchmark]'), or the same detres model without detres.runtime.optimize")
+    parser.add_argument("--compare-config", default=None, metavar="OTHER.yaml",
+                        help="also time this config's model (same seed, the same overrides plus "
+                             "--compare-overrides, the same runtime passes), alternating with --config's")
+    parser.add_argument("--compare-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for --compare-config only (after the shared ones)")
     parser.add_argument("--torchvision-version", choices=["auto", "v1", "v2"], default="auto",
                         help="fasterrcnn_resnet50_fpn (v1) or _v2; auto: v2 when the config name says so")
     parser.add_argument("--no-optimize", action="store_true",
@@ -81,10 +88,22 @@ def _maxrss_mb() -> float:
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
 
 
+def _release_freed_memory() -> None:
+    """glibc: hand freed heap pages back to the OS (``malloc_trim``), so that a second model's first
+    call grows the resident set as the first model's did instead of reusing what that one freed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _peak_growth_mb(fn: Any) -> tuple[Any, float]:
     """(fn(), growth of the peak resident set over the call in MB). Linux: the peak is reset first
     (``/proc/self/clear_refs``), so earlier calls do not hide it; elsewhere the ``ru_maxrss`` growth."""
     try:
+        _release_freed_memory()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         status = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -138,7 +157,17 @@ def _build(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None, dict[
     model = build_model(cfg).eval()
     info: dict[str, Any] = {"config": args.config, "overrides": overrides}
     ref = None
-    if args.compare == "torchvision":
+    if args.compare_config:
+        if args.compare is not None:
+            raise ValueError(f"--compare-config {args.compare_config}: pass either it or --compare {args.compare}, not both")
+        other = [*overrides, *args.compare_overrides]
+        ref_cfg = load_config_from_args(argparse.Namespace(imports=args.imports, config=args.compare_config,
+                                                           overrides=other))
+        torch.manual_seed(args.seed)
+        ref = build_model(ref_cfg).eval()
+        info.update(reference=str(args.compare_config), reference_overrides=other,
+                    reference_params=sum(p.numel() for p in ref.parameters()))
+    elif args.compare == "torchvision":
         version = args.torchvision_version
         if version == "auto":
             version = "v2" if "v2" in str(args.config) else "v1"
@@ -219,8 +248,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model.to(device)  # before the passes, so that CPU-only kernels are skipped on a GPU
     optimize(model, passes=passes)
     info["passes"] = dict(model.runtime_passes)
+    ref_flops_model = None
     if ref is not None:
         ref.to(device)
+        if args.compare_config:
+            ref_flops_model = copy.deepcopy(ref).requires_grad_(False) if passes else ref
+            optimize(ref, passes=passes)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else None
     g = torch.Generator().manual_seed(args.seed)
@@ -241,7 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base = torch.cuda.memory_allocated()
         ours_out = call(model, one)
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    elif args.compare == "transformers":
+    elif args.compare == "transformers" or args.compare_config:
         ours_out, peak_mb = _peak_growth_mb(lambda: call(model, one))
     else:
         before = _maxrss_mb()
@@ -254,6 +287,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "compile": args.compile, "jit_freeze": args.jit_freeze, "amp": bool(args.amp and cuda)}
     result["gflops"] = round(count_flops(flops_model.to(device), one), 2)
     del flops_model
+    if ref_flops_model is not None:
+        result["reference_gflops"] = round(count_flops(ref_flops_model, ref_one), 2)
+        del ref_flops_model
 
     fns = {"detres": lambda: call(model, one)}
     if ref is not None:
@@ -261,9 +297,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ref_out, ref_peak = _peak_growth_mb(lambda: call(ref, ref_one))
             result["reference_peak_mem_mb"] = round(ref_peak, 1)
             result["raw"] = _compare_hf_raw(model, ref.hf, model.preprocess(one))
+        elif args.compare_config and not cuda:
+            ref_out, ref_peak = _peak_growth_mb(lambda: call(ref, ref_one))
+            result["reference_peak_mem_mb"] = round(ref_peak, 1)
         else:
             ref_out = call(ref, ref_one)
-        result["check"] = compare_detections(ours_out, ref_out, label_offset=int(args.compare == "torchvision"))
+        if not args.compare_config:  # another model: its detections differ by design
+            result["check"] = compare_detections(ours_out, ref_out, label_offset=int(args.compare == "torchvision"))
         fns["reference"] = lambda: call(ref, ref_one)
     times = time_alternating(fns, args.iters, args.warmup, sync)
     _add(result, "", times)
@@ -297,6 +337,8 @@ def _print_table(r: dict[str, Any]) -> None:
     print(f"model {r['config']} on {r['device']} ({r['threads']} threads), input {r['image_size'][0]}x{r['image_size'][1]}")
     ref_mem = f" (reference +{r['reference_peak_mem_mb']:.0f} MB)" if "reference_peak_mem_mb" in r else ""
     print(f"  params {r['params'] / 1e6:.2f} M   GFLOPs {r['gflops']:.1f}   peak mem +{r['peak_mem_mb']:.0f} MB{ref_mem}")
+    if "reference_gflops" in r:
+        print(f"  {r['reference']}: params {r['reference_params'] / 1e6:.2f} M   GFLOPs {r['reference_gflops']:.1f}")
     for prefix, label in (("", "batch 1"), ("batch_", f"batch {r['batch']}")):
         if f"{prefix}latency_s" not in r:
             continue

@@ -61,3 +61,18 @@ def test_alternating_timer_and_summary() -> None:
     assert len(t["a"]["wall"]) == 3 and len(t["b"]["cpu"]) == 3
     s = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
     assert s["median"] == 3.0 and s["iqr"] == 2.0 and s["min"] == 1.0
+
+
+def test_compare_config_times_two_models(capsys) -> None:
+    """--compare-config: a second config's model (shared overrides + its own) timed alongside, with
+    its own params, GFLOPs and peak memory; no detection check (different models)."""
+    r = _run(capsys, ["model", "--json", "--config", R18, *SMALL, "model.neck.out_channels=64",
+                      "--compare-config", R18, "--compare-overrides", "model.neck.out_channels=32",
+                      "--image-size", "96", "128", "--iters", "1", "--warmup", "0", "--threads", "1"])
+    small = build_model(load_config(R18, [*SMALL, "model.neck.out_channels=64", "model.neck.out_channels=32"]))
+    assert r["reference"] == R18 and r["reference_overrides"][-1] == "model.neck.out_channels=32"
+    assert r["reference_params"] == sum(p.numel() for p in small.parameters()) < r["params"]
+    assert r["reference_gflops"] > 0  # RoI-head FLOPs follow the (random) proposal count: no order
+    assert r["reference_latency_s"] > 0 and r["ratio"] == pytest.approx(r["latency_s"] / r["reference_latency_s"])
+    assert r["cpu_ratio"] == pytest.approx(r["cpu_s"] / r["reference_cpu_s"])
+    assert "reference_peak_mem_mb" in r and "check" not in r

@@ -39,8 +39,11 @@ class DINO(DeformableDETR):
         """``dense``: (images, pad_mask) -> every decoder layer's logits and boxes, the selected
         proposals' logits, boxes and grid boxes, and their token indices."""
         names = ["layer_logits", "layer_boxes", "enc_logits", "enc_boxes", "enc_proposals", "topk_indices"]
+        # as Deformable DETR: any padded size above the coarsest stride (a one-pixel level would specialize)
+        shapes = (self.neck if self.neck is not None else self.backbone).output_shape().values()
+        low = max(s.stride for s in shapes) + 1
         return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, _DIMS,
-                                   checked=names[:-1])}
+                                   checked=names[:-1], min_sizes={"height": low, "width": low})}
 
     def forward_raw(self, batch: ImageBatch, select_indices: Tensor | None = None,
                     dn: DenoisingQueries | None = None) -> dict[str, Any]:
