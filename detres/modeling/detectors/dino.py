@@ -64,7 +64,7 @@ class DINO(DeformableDETR):
         targets: per image "boxes" [N, 4] absolute xyxy in that image's pixels, "labels" [N] 0..K-1.
         """
         if len(targets) != len(batch):
-            raise ValueError(f"DINO.losses: {len(batch)} images but {len(targets)} targets")
+            raise ValueError(f"{type(self).__name__}.losses: {len(batch)} images but {len(targets)} targets")
         norm = self.normalized_targets(batch, targets)
         dn = self.head.denoising(norm, self.head.num_queries) if self.head.denoising is not None else None
         return self.head.losses(self.forward_raw(batch, dn=dn), norm)

@@ -5,32 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-from torch.nn import functional as F
-
 from detres.modeling.detectors.base import GraphSpec, TracedCall
-from detres.modeling.detectors.deformable_detr import _DIMS, DeformableDETR
-from detres.modeling.layers.denoising import DenoisingQueries
+from detres.modeling.detectors.deformable_detr import _DIMS
+from detres.modeling.detectors.dino import DINO
 from detres.registry import DETECTORS
-from detres.structures import ImageBatch
 
 
 @DETECTORS.register()
-class RTDETR(DeformableDETR):
-    """Real-time DETR; children as ``DETR`` (backbone, neck = ``HybridEncoder``, head, input)."""
+class RTDETR(DINO):
+    """Real-time DETR; children as ``DETR`` (backbone, neck = ``HybridEncoder``, head, input). The
+    pipeline is DINO's (``dense``, ``forward_raw`` with ``select_indices`` / denoising queries, ``losses``);
+    the head's outputs are keyed as the official RT-DETR (``aux_outputs``, ``enc_aux_outputs``,
+    ``enc_meta``, and in training ``dn_aux_outputs``, ``dn_meta``)."""
 
     @classmethod
     def from_config(cls, **kwargs: Any) -> "RTDETR":
         """Backbone, then neck on its shapes, then the head on the neck's shapes (see ``DETR``)."""
         return super().from_config(**kwargs)
-
-    def dense(self, x: Tensor, pad_mask: Tensor, select_indices: Tensor | None = None,
-              dn: DenoisingQueries | None = None) -> tuple[Tensor, ...]:
-        """x [B, 3, H, W], pad_mask [B, H, W] bool (True = padding) -> the head's ``forward_layers``
-        tensors: the whole network, traceable (without denoising queries)."""
-        levels = list(self.neck(self.backbone(x)).values())
-        masks = [F.interpolate(pad_mask[None].float(), size=f.shape[-2:]).bool()[0] for f in levels]
-        return self.head.forward_layers(levels, masks, select_indices, dn)
 
     def graphs(self) -> dict[str, GraphSpec]:
         """``dense``: (images, pad_mask) -> every decoder layer's logits and boxes, the selected
@@ -45,24 +36,3 @@ class RTDETR(DeformableDETR):
                 for name, d in _DIMS.items()}
         return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, dims,
                                    checked=names[:-1], min_sizes={"height": stride + 1, "width": stride + 1})}
-
-    def forward_raw(self, batch: ImageBatch, select_indices: Tensor | None = None,
-                    dn: DenoisingQueries | None = None) -> dict[str, Any]:
-        """The reference's training-mode keys: "pred_logits" [B, Q, K], "pred_boxes" [B, Q, 4]
-        normalized cxcywh, "aux_outputs", "enc_aux_outputs", "enc_meta" (+ "dn_aux_outputs",
-        "dn_meta" with ``dn``). ``select_indices`` [B, Q]: these encoder anchors, in this order,
-        instead of the top-scoring ones."""
-        if select_indices is None and dn is None:
-            out = self.run_graph("dense", self.dense, batch.tensor, batch.pad_mask)
-        else:
-            out = self.dense(batch.tensor, batch.pad_mask, select_indices, dn)
-        return self.head.outputs(*out, dn=dn)
-
-    def losses(self, batch: ImageBatch, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Weighted loss terms of the matching queries (``_aux_i`` layers, ``_enc_0`` anchors) and of
-        the denoising queries (``_dn_i``). targets: per image "boxes" [N, 4] absolute xyxy, "labels" [N]."""
-        if len(targets) != len(batch):
-            raise ValueError(f"RTDETR.losses: {len(batch)} images but {len(targets)} targets")
-        norm = self.normalized_targets(batch, targets)
-        dn = self.head.denoising(norm, self.head.num_queries) if self.head.denoising is not None else None
-        return self.head.losses(self.forward_raw(batch, dn=dn), norm)

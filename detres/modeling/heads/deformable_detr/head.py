@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from detres.structures.boxes import inverse_sigmoid
 from detres.modeling.heads.deformable_detr.transformer import DeformableTransformer
-from detres.modeling.heads.detr.head import child_node
+from detres.modeling.heads.detr.head import build_set_criterion, child_node
 from detres.modeling.layers.mlp import MLP
 from detres.modeling.layers.topk_detections import sigmoid_topk_detections
 from detres.registry import HEADS, instantiate
@@ -110,15 +110,7 @@ class DeformableDETRHead(nn.Module):
                              "the number of neck outputs")
         tr_node = child_node(tr_node, f"{where}.transformer", "two_stage", two_stage, "model.head.two_stage")
         tr_node = child_node(tr_node, f"{where}.transformer", "num_queries", num_queries, "model.head.num_queries")
-        crit = None
-        if criterion is not None:
-            if "matcher" in criterion:
-                raise ValueError(f"{where}.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
-            match = instantiate(matcher) if matcher is not None else None
-            crit_node = child_node(criterion, f"{where}.criterion", "num_classes", num_classes, "model.head.num_classes")
-            crit_node = child_node(crit_node, f"{where}.criterion", "num_decoder_layers",
-                                   int(tr_node.get("num_decoder_layers", 6)), "transformer.num_decoder_layers")
-            crit = instantiate(crit_node, matcher=match)
+        crit = build_set_criterion(where, criterion, matcher, num_classes, int(tr_node.get("num_decoder_layers", 6)))
         return cls(num_classes=num_classes, position_encoding=pos, transformer=instantiate(tr_node),
                    criterion=crit, num_queries=num_queries, aux_loss=aux_loss, with_box_refine=with_box_refine,
                    two_stage=two_stage, test_topk=test_topk)

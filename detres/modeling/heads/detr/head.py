@@ -38,6 +38,21 @@ def child_node(node: Mapping[str, Any], where: str, key: str, value: Any, follow
     return out
 
 
+def build_set_criterion(where: str, criterion: Mapping[str, Any] | None, matcher: Mapping[str, Any] | None,
+                        num_classes: int, num_decoder_layers: int) -> nn.Module | None:
+    """The DETR family's ``criterion`` node built with what the head passes down: ``num_classes``,
+    ``num_decoder_layers`` and the built ``matcher`` node (None when the head has no criterion:
+    an inference-only model). ``where``: the head's name for messages."""
+    if criterion is None:
+        return None
+    if "matcher" in criterion:
+        raise ValueError(f"{where}.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
+    node = child_node(criterion, f"{where}.criterion", "num_classes", num_classes, "model.head.num_classes")
+    node = child_node(node, f"{where}.criterion", "num_decoder_layers", num_decoder_layers,
+                      "transformer.num_decoder_layers")
+    return instantiate(node, matcher=instantiate(matcher) if matcher is not None else None)
+
+
 @HEADS.register()
 class DETRHead(nn.Module):
     """DETR's prediction head over one feature map of width ``transformer.d_model`` (the neck's output).

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from detres.modeling.heads.deformable_detr.head import PRIOR_PROB
 from detres.structures.boxes import inverse_sigmoid
-from detres.modeling.heads.detr.head import child_node
+from detres.modeling.heads.detr.head import build_set_criterion, child_node
 from detres.modeling.layers.denoising import ContrastiveDenoising, DenoisingQueries
 from detres.modeling.heads.dino.transformer import EPS, DINOTransformer
 from detres.modeling.layers.mlp import MLP
@@ -101,15 +101,7 @@ class DINOHead(nn.Module):
         if denoising is not None:
             dn_node = child_node(denoising, f"{where}.denoising", "num_classes", num_classes, "model.head.num_classes")
             dn = instantiate(child_node(dn_node, f"{where}.denoising", "d_model", width, "the neck's out_channels"))
-        crit = None
-        if criterion is not None:
-            if "matcher" in criterion:
-                raise ValueError(f"{where}.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
-            match = instantiate(matcher) if matcher is not None else None
-            crit_node = child_node(criterion, f"{where}.criterion", "num_classes", num_classes, "model.head.num_classes")
-            crit_node = child_node(crit_node, f"{where}.criterion", "num_decoder_layers",
-                                   int(tr_node.get("num_decoder_layers", 6)), "transformer.num_decoder_layers")
-            crit = instantiate(crit_node, matcher=match)
+        crit = build_set_criterion(where, criterion, matcher, num_classes, int(tr_node.get("num_decoder_layers", 6)))
         return cls(num_classes=num_classes, position_encoding=pos, transformer=instantiate(tr_node), denoising=dn,
                    criterion=crit, num_queries=num_queries, aux_loss=aux_loss, share_pred_heads=share_pred_heads,
                    test_topk=test_topk)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from detres.modeling.heads.detr.head import child_node
+from detres.modeling.heads.detr.head import build_set_criterion, child_node
 from detres.modeling.heads.rtdetr.transformer import RTDETRTransformer
 from detres.modeling.layers.denoising import ContrastiveDenoising, DenoisingQueries
 from detres.modeling.layers.topk_detections import sigmoid_topk_detections
@@ -68,14 +68,7 @@ class RTDETRHead(nn.Module):
         if denoising is not None:
             dn_node = child_node(denoising, f"{where}.denoising", "num_classes", num_classes, "model.head.num_classes")
             dn = instantiate(child_node(dn_node, f"{where}.denoising", "d_model", width, "model.head.d_model"))
-        crit = None
-        if criterion is not None:
-            if "matcher" in criterion:
-                raise ValueError(f"{where}.criterion.matcher: set the matcher as model.head.matcher; the head passes it in")
-            node = child_node(criterion, f"{where}.criterion", "num_classes", num_classes, "model.head.num_classes")
-            node = child_node(node, f"{where}.criterion", "num_decoder_layers", int(tr.get("num_decoder_layers", 6)),
-                              "transformer.num_decoder_layers")
-            crit = instantiate(node, matcher=instantiate(matcher) if matcher is not None else None)
+        crit = build_set_criterion(where, criterion, matcher, num_classes, int(tr.get("num_decoder_layers", 6)))
         return cls(num_classes=num_classes, transformer=instantiate(tr), denoising=dn, criterion=crit,
                    num_queries=num_queries, aux_loss=aux_loss, test_topk=test_topk)
 
