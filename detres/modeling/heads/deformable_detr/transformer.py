@@ -178,7 +178,7 @@ class DeformableTransformer(nn.Module):
             if query_embed is None:
                 raise ValueError("DeformableTransformer: the single-stage model needs query_embed [Q, 2C]")
             qpos, tgt = torch.split(query_embed, c, dim=1)
-            qpos, tgt = qpos[None].expand(b, -1, -1), tgt[None].expand(b, -1, -1)
+            qpos, tgt = qpos[None].repeat(b, 1, 1), tgt[None].repeat(b, 1, 1)
             reference = self.reference_points(qpos).sigmoid()
             hs, refs = self.decoder(tgt, qpos, reference, memory, shapes, ratios, mask, bbox_embed)
             return DecoderRun(hs, reference, refs)
