@@ -38,6 +38,15 @@ def child_node(node: Mapping[str, Any], where: str, key: str, value: Any, follow
     return out
 
 
+def layer_outputs(logits: Tensor, boxes: Tensor, aux_loss: bool) -> dict[str, Any]:
+    """Every decoder layer's [L, B, Q, ...] predictions -> the DETR family's output dict: the last layer's
+    "pred_logits" / "pred_boxes" and, with ``aux_loss``, "aux_outputs" for layers 0..L-2."""
+    out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+    if aux_loss:
+        out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+    return out
+
+
 def build_set_criterion(where: str, criterion: Mapping[str, Any] | None, matcher: Mapping[str, Any] | None,
                         num_classes: int, num_decoder_layers: int) -> nn.Module | None:
     """The DETR family's ``criterion`` node built with what the head passes down: ``num_classes``,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from detres.modeling.heads.deformable_detr.head import PRIOR_PROB
 from detres.structures.boxes import inverse_sigmoid
-from detres.modeling.heads.detr.head import build_set_criterion, child_node
+from detres.modeling.heads.detr.head import build_set_criterion, child_node, layer_outputs
 from detres.modeling.layers.denoising import ContrastiveDenoising, DenoisingQueries
 from detres.modeling.heads.dino.transformer import EPS, DINOTransformer
 from detres.modeling.layers.mlp import MLP
@@ -127,12 +127,6 @@ class DINOHead(nn.Module):
         ])
         return logits, boxes, run.enc_logits, run.enc_boxes, run.init_proposals, run.topk
 
-    def _layers_dict(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
-        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        return out
-
     def outputs(self, logits: Tensor, boxes: Tensor, enc_logits: Tensor, enc_boxes: Tensor, init_proposals: Tensor,
                 topk: Tensor | None = None, dn: DenoisingQueries | None = None) -> dict[str, Any]:
         """``forward_layers``' tensors -> the reference's output dict: "pred_logits" [B, Q, K],
@@ -141,13 +135,13 @@ class DINOHead(nn.Module):
         in training {"pad_size", "num_dn_group", "output_known_lbs_bboxes": the denoising queries'
         outputs, keyed like the matching ones})."""
         d = 0 if dn is None else dn.content.shape[1]
-        out = self._layers_dict(logits[:, :, d:], boxes[:, :, d:])
+        out = layer_outputs(logits[:, :, d:], boxes[:, :, d:], self.aux_loss)
         out["interm_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
         out["interm_outputs_for_matching_pre"] = {"pred_logits": enc_logits, "pred_boxes": init_proposals}
         out["dn_meta"] = None
         if dn is not None:
             out["dn_meta"] = {"pad_size": d, "num_dn_group": dn.num_groups,
-                              "output_known_lbs_bboxes": self._layers_dict(logits[:, :, :d], boxes[:, :, :d])}
+                              "output_known_lbs_bboxes": layer_outputs(logits[:, :, :d], boxes[:, :, :d], self.aux_loss)}
         return out
 
     def losses(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from detres.modeling.heads.detr.head import build_set_criterion, child_node
+from detres.modeling.heads.detr.head import build_set_criterion, child_node, layer_outputs
 from detres.modeling.heads.rtdetr.transformer import RTDETRTransformer
 from detres.modeling.layers.denoising import ContrastiveDenoising, DenoisingQueries
 from detres.modeling.layers.topk_detections import sigmoid_topk_detections
@@ -81,12 +81,6 @@ class RTDETRHead(nn.Module):
                                dn.boxes if dn is not None else None, dn.attn_mask if dn is not None else None)
         return tuple(run)
 
-    def _layers_dict(self, logits: Tensor, boxes: Tensor) -> dict[str, Any]:
-        out: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        return out
-
     def outputs(self, logits: Tensor, boxes: Tensor, enc_logits: Tensor, enc_boxes: Tensor,
                 topk: Tensor | None = None, dn: DenoisingQueries | None = None) -> dict[str, Any]:
         """``forward_layers``' tensors -> the reference's training-mode output dict: "pred_logits"
@@ -94,7 +88,7 @@ class RTDETRHead(nn.Module):
         "enc_meta"; with denoising also "dn_aux_outputs" (every layer's denoising predictions) and
         "dn_meta" ({"dn_num_group", "dn_num_split": [D, Q]}, the reference's)."""
         d = 0 if dn is None else dn.content.shape[1]
-        out = self._layers_dict(logits[:, :, d:], boxes[:, :, d:])
+        out = layer_outputs(logits[:, :, d:], boxes[:, :, d:], self.aux_loss)
         out["enc_aux_outputs"] = [{"pred_logits": enc_logits, "pred_boxes": enc_boxes}]
         out["enc_meta"] = {"class_agnostic": False}
         if dn is not None:
