@@ -131,12 +131,27 @@ def load_runners(model: Detector, folder: str | os.PathLike, fmt: str = "onnx") 
 
 
 def graph_diffs(spec: GraphSpec, runner: Runner, inputs: Sequence[tuple[Tensor, ...]]) -> dict[str, float]:
-    """Max abs difference per output between ``spec.module`` (eager) and ``runner`` over ``inputs``."""
+    """Max abs difference per output between ``spec.module`` (eager) and ``runner`` over ``inputs``.
+
+    With ``spec.selection``, that output's entry is the number of slots where the runner selected
+    another index than eager (tied scores); where any differ, eager is rerun with the runner's
+    selection, so the other outputs are compared row for row on the same selected proposals.
+    """
     worst: dict[str, float] = {}
+    sel = spec.output_names.index(spec.selection) if spec.selection is not None else None
     with torch.no_grad():
         for args in inputs:
             ref, got = spec.module(*args), runner(*args)
-            for name, r, g in zip(spec.output_names, ref, got):
-                diff = float((torch.as_tensor(g).float() - r.float()).abs().max()) if r.numel() else 0.0
+            swaps = 0
+            if sel is not None:
+                picked = torch.as_tensor(got[sel]).long()
+                swaps = int((picked != ref[sel]).sum())
+                if swaps:
+                    ref = spec.module(*args, picked)
+            for i, (name, r, g) in enumerate(zip(spec.output_names, ref, got)):
+                if i == sel:
+                    diff = float(swaps)
+                else:
+                    diff = float((torch.as_tensor(g).float() - r.float()).abs().max()) if r.numel() else 0.0
                 worst[name] = max(worst.get(name, 0.0), diff)
     return worst

@@ -102,14 +102,8 @@ def test_program_static_matches_eager_exactly() -> None:
     assert diffs == {k: 0.0 for k in spec.output_names}, diffs
 
 
-#: Known gap (2026-12-07): the two-stage model's dynamic torch.export specializes the batch to the
-#: example's 2 (ONNX and the static program work; the single-stage model's dynamic program works).
-_TWO_STAGE_BATCH_GAP = pytest.mark.xfail(reason="two-stage dynamic torch.export specializes the batch (open)",
-                                         strict=False)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["plain", pytest.param("refine_two_stage", marks=_TWO_STAGE_BATCH_GAP)])
+@pytest.mark.parametrize("variant", ["plain", "refine_two_stage"])
 def test_program_dynamic_gives_model_detections(variant: str, tmp_path: Path) -> None:
     """The dynamic program (batch, height, width symbolic; ~1 min to export) at other sizes, then
     the whole tool path (export_and_check) on the exported files."""

@@ -79,6 +79,10 @@ class GraphSpec:
         intermediate maps such as pyramid features are reported only.
     min_sizes: per symbol, the smallest size the graph is exported for (default 1), where a smaller
         input would make some map 1 pixel wide and ``torch.export`` would specialize on it.
+    selection: the output holding indices that ``module`` also accepts as one more positional input
+        (two-stage DETRs' top-k proposals). Exactly tied scores (fresh random weights) may be ordered
+        differently by an exported top-k; a parity check then reruns eager with the exported graph's
+        selection and compares the other outputs row by row (``detres.export.graph_diffs``).
     """
 
     module: nn.Module
@@ -87,6 +91,7 @@ class GraphSpec:
     dynamic_dims: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)
     checked: list[str] | None = None
     min_sizes: dict[str, int] = field(default_factory=dict)
+    selection: str | None = None
 
 
 class TracedCall(nn.Module):

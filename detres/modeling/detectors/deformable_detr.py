@@ -60,6 +60,7 @@ class DeformableDETR(DETR):
         low = max(s.stride for s in shapes) + 1
         return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, _DIMS,
                                    checked=[n for n in names if n != "topk_indices"],
+                                   selection="topk_indices" if self.head.two_stage else None,
                                    min_sizes={"height": low, "width": low})}
 
     def forward_raw(self, batch: ImageBatch, select_indices: Tensor | None = None) -> dict[str, Any]:

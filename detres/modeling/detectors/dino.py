@@ -43,7 +43,7 @@ class DINO(DeformableDETR):
         shapes = (self.neck if self.neck is not None else self.backbone).output_shape().values()
         low = max(s.stride for s in shapes) + 1
         return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, _DIMS,
-                                   checked=names[:-1], min_sizes={"height": low, "width": low})}
+                                   checked=names[:-1], selection="topk_indices", min_sizes={"height": low, "width": low})}
 
     def forward_raw(self, batch: ImageBatch, select_indices: Tensor | None = None,
                     dn: DenoisingQueries | None = None) -> dict[str, Any]:

@@ -35,4 +35,5 @@ class RTDETR(DINO):
         dims = {name: {i: (sym, stride if sym in ("height", "width") else m) for i, (sym, m) in d.items()}
                 for name, d in _DIMS.items()}
         return {"dense": GraphSpec(TracedCall(self, self.dense), ["images", "pad_mask"], names, dims,
-                                   checked=names[:-1], min_sizes={"height": stride + 1, "width": stride + 1})}
+                                   checked=names[:-1], selection="topk_indices",
+                                   min_sizes={"height": stride + 1, "width": stride + 1})}

@@ -194,5 +194,7 @@ class DeformableTransformer(nn.Module):
         top = torch.gather(coords, 1, select_indices[..., None].expand(-1, -1, 4)).detach()
         reference = top.sigmoid()
         qpos, tgt = torch.split(self.pos_trans_norm(self.pos_trans(box_sine_embedding(reference, c // 2))), c, dim=2)
+        # contiguous: a strided half would make torch.export's matmul fold check specialize the batch
+        qpos, tgt = qpos.contiguous(), tgt.contiguous()
         hs, refs = self.decoder(tgt, qpos, reference, memory, shapes, ratios, mask, bbox_embed)
         return DecoderRun(hs, reference, refs, logits, coords, select_indices)
