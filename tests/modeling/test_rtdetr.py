@@ -91,23 +91,24 @@ def test_gradients_reach_attention_encoder_and_backbone() -> None:
         assert any(grads[n] is not None and grads[n].abs().sum() > 0 for n in hit), f"no gradient reaches {part}"
 
 
-def test_loss_falls_on_one_batch() -> None:
-    # One batch (an image with two boxes, one with none), AdamW 3e-4: the first Adam step from random
-    # weights briefly raises the loss (13.3 -> 64 -> back to 13.4 by step 3), then it falls steadily
-    # (11.7 at step 20 on this seed). A 3x drop takes far more steps than the default suite affords.
+def test_overfit_one_batch() -> None:
+    """One batch (an image with two boxes, one with none), AdamW 1e-3, gradient clip 1.0: 50 steps cut
+    the total loss >= 3x (10.0 -> ~2.0 on this seed, ~15 CPU s). Denoising off: its random noise
+    draws new queries every step, so the loss of one fixed batch would not be a fixed target."""
     m = tiny_rtdetr().train()
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-4)
+    m.head.denoising = None
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4)
     images = _images((H, W), (H, W))
     losses = []
-    for _ in range(21):
+    for _ in range(50):
         loss = sum(m(images, TARGETS).values())
         losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert min(losses[-3:]) < 0.92 * losses[0], losses
-    assert max(losses[-3:]) < min(losses[3:6]), losses  # falling after the first steps' spike
+    assert min(losses[-5:]) * 3 <= losses[0], losses
 
 
 def test_select_indices_replace_the_topk(model) -> None:
