@@ -130,3 +130,18 @@ def test_export_refuses_images_below_coarsest_stride() -> None:
     assert model.graphs()["dense"].min_sizes == {"height": 65, "width": 65}
     with pytest.raises(ValueError, match="at least 65"):
         export_and_check(model, "unused", image_size=(64, 96))
+
+
+def test_onnx_two_stage_serves_images_with_fewer_tokens_than_queries(tmp_path: Path) -> None:
+    """The top-k count is min(num_queries, tokens) in the ONNX graph too (not the example's count
+    frozen by the tracer): 150 queries, traced at 96x96 (193 tokens), run at 70x70 (119 tokens)."""
+    torch.manual_seed(0)
+    over = TINY + VARIANTS["refine_two_stage"] + ["model.head.num_queries=150"]
+    model = optimize(build_model(load_config(BASE, over)).eval(), backend="export")
+    spec = model.graphs()["dense"]
+    example = record_graph_inputs(model, random_images([(96, 96), (96, 96)], seed=0))["dense"]
+    runner = onnx_runner(export_onnx(spec, example, tmp_path / "dense.onnx"), spec.input_names)
+    small = record_graph_inputs(model, random_images([(70, 70)], seed=1))["dense"]
+    diffs = graph_diffs(spec, runner, [small])
+    assert runner(*small)[-1].shape == (1, 119)
+    assert all(diffs[k] < 1e-4 for k in spec.checked), diffs

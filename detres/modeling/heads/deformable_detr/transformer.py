@@ -75,6 +75,18 @@ def proposal_grid(padding_mask: Tensor, shapes: SpatialShapes) -> tuple[Tensor, 
     return props, keep & ~padding_mask[..., None]
 
 
+def top_tokens(scores: Tensor, num_queries: int) -> Tensor:
+    """scores [B, S] -> indices [B, min(num_queries, S)] of the highest scores, best first (an image
+    with fewer tokens than queries keeps them all). The count stays symbolic in exported graphs:
+    ``torch.sym_min`` under ``torch.export`` (``min()`` would guard on the token count), a size
+    tensor under the ONNX tracer (which would otherwise fix it at the example's count)."""
+    if torch.jit.is_tracing():
+        k = torch.clamp(torch._shape_as_tensor(scores)[1], max=num_queries)
+    else:
+        k = torch.sym_min(num_queries, scores.shape[1])
+    return torch.topk(scores, k, dim=1)[1]
+
+
 def flatten_levels(srcs: Sequence[Tensor], masks: Sequence[Tensor], pos: Sequence[Tensor], level_embed: Tensor
                    ) -> tuple[Tensor, Tensor, Tensor, SpatialShapes, Tensor]:
     """Per-level [B, C, H, W] maps, [B, H, W] masks and positions -> tokens [B, S, C] (level by level,
@@ -189,8 +201,7 @@ class DeformableTransformer(nn.Module):
         logits = enc_class_embed(enc_memory)
         coords = enc_bbox_embed(enc_memory) + proposals
         if select_indices is None:
-            # an image smaller than num_queries tokens (tiny, or below the largest stride) keeps them all
-            select_indices = torch.topk(logits[..., 0], min(self.num_queries, logits.shape[1]), dim=1)[1]
+            select_indices = top_tokens(logits[..., 0], self.num_queries)
         top = torch.gather(coords, 1, select_indices[..., None].expand(-1, -1, 4)).detach()
         reference = top.sigmoid()
         qpos, tgt = torch.split(self.pos_trans_norm(self.pos_trans(box_sine_embedding(reference, c // 2))), c, dim=2)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from detres.modeling.heads.deformable_detr.layers import DeformableDecoderLayer, DeformableEncoder, DeformableEncoderLayer
-from detres.modeling.heads.deformable_detr.transformer import box_sine_embedding, flatten_levels, proposal_grid
+from detres.modeling.heads.deformable_detr.transformer import box_sine_embedding, flatten_levels, proposal_grid, top_tokens
 from detres.modeling.layers.ms_deform_attn import MSDeformAttn, SpatialShapes
 from detres.modeling.layers.mlp import MLP
 from detres.registry import LAYERS
@@ -156,12 +156,7 @@ class DINOTransformer(nn.Module):
         logits = self.enc_out_class_embed(enc_memory)
         coords = self.enc_out_bbox_embed(enc_memory) + proposals
         if select_indices is None:
-            # an image smaller than num_queries tokens (tiny, or below the largest stride) keeps them all;
-            # sym_min keeps the count symbolic under torch.export (min() would add a guard on the token
-            # count); the ONNX tracer's sizes are tensors, which sym_min refuses
-            tokens = logits.shape[1]
-            k = min(self.num_queries, tokens) if torch.jit.is_tracing() else torch.sym_min(self.num_queries, tokens)
-            select_indices = torch.topk(logits.max(-1)[0], k, dim=1)[1]
+            select_indices = top_tokens(logits.max(-1)[0], self.num_queries)
         k = select_indices.shape[1]
         idx4 = select_indices[..., None].expand(-1, -1, 4)
         top = torch.gather(coords, 1, idx4)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from detres.modeling.heads.deformable_detr.layers import DeformableDecoderLayer
+from detres.modeling.heads.deformable_detr.transformer import top_tokens
 from detres.modeling.layers.mlp import MLP
 from detres.modeling.layers.ms_deform_attn import MSDeformAttn, SpatialShapes
 from detres.registry import LAYERS
@@ -145,8 +146,7 @@ class RTDETRTransformer(nn.Module):
         logits = self.enc_score_head(enc)
         coords = self.enc_bbox_head(enc) + anchors
         if select_indices is None:
-            k = min(self.num_queries, logits.shape[1])  # a tiny image keeps every anchor
-            select_indices = torch.topk(logits.max(-1).values, k, dim=1)[1]
+            select_indices = top_tokens(logits.max(-1).values, self.num_queries)
         gather = lambda x: torch.gather(x, 1, select_indices[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
         top_coords, top_logits, content = gather(coords), gather(logits), gather(enc).detach()
         ref_unact = top_coords.detach()
