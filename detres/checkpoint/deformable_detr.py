@@ -25,11 +25,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from detres.checkpoint.deformable_layout import (DECODER_DUPLICATES, DEFAULT_NHEADS, DINO_ONLY_KEYS, NUM_RAW_COCO_SLOTS,
-                                                 check_duplicates, deform_points, drop_unavailable_loss_nodes,
-                                                 has_deformable_layout, load_recipe, map_backbone_or_input_proj,
-                                                 max_index, num_backbone_levels, read_ffn_dim, read_levels,
-                                                 remap_class_rows, resnet_depth, set_levels)
+from detres.checkpoint.deformable_layout import (DEFAULT_NHEADS, DINO_ONLY_KEYS, NUM_RAW_COCO_SLOTS,
+                                                 deform_points, drop_unavailable_loss_nodes,
+                                                 has_deformable_layout, load_recipe,
+                                                 map_backbone_or_input_proj, max_index, num_backbone_levels,
+                                                 read_ffn_dim, read_levels, remap_class_rows, resnet_depth,
+                                                 set_levels, unique_entries)
 from detres.checkpoint.loader import Converter, register_converter
 
 __all__ = ["NUM_RAW_COCO_SLOTS", "DEFAULT_NHEADS", "DEFAULT_TWO_STAGE_QUERIES", "is_official_deformable_detr",
@@ -48,14 +49,8 @@ def convert_official_deformable_detr(sd: dict[str, torch.Tensor], model: nn.Modu
     """Map an official Deformable-DETR state dict to ``model``'s (a detres ``DeformableDETR``) names."""
     own = model.state_dict()
     n_backbone = num_backbone_levels(own)
-    check_duplicates(sd)
     out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key.startswith(DECODER_DUPLICATES):
-            main = key[len("transformer.decoder."):]
-            if main in sd:
-                continue
-            key = main  # only the decoder's copy is present: load it as the head's
+    for key, value in unique_entries(sd):
         new = map_backbone_or_input_proj(key, n_backbone) or "head." + key
         if new.startswith("head.class_embed."):
             value = remap_class_rows(new, value, own)

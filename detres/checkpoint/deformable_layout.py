@@ -12,6 +12,8 @@ the generic readers: ``max_index``, ``deform_points``, ``load_recipe``, ``drop_u
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import logging
 import re
 from pathlib import Path
@@ -92,6 +94,20 @@ def check_duplicates(sd: dict[str, torch.Tensor]) -> None:
         if main in sd and (sd[main].shape != value.shape or not torch.equal(sd[main], value)):
             logger.warning("%s differs from %s, which it duplicates in the reference model; %s is loaded",
                            key, main, main)
+
+
+def unique_entries(sd: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``sd``'s (key, tensor) pairs with the ``transformer.decoder.{class,bbox}_embed`` duplicates
+    folded: a copy whose head key is present is skipped (after ``check_duplicates`` warns where they
+    differ); a copy alone is yielded under the head's key."""
+    check_duplicates(sd)
+    for key, value in sd.items():
+        if key.startswith(DECODER_DUPLICATES):
+            main = key[len("transformer.decoder."):]
+            if main in sd:
+                continue
+            key = main
+        yield key, value
 
 
 def max_index(sd: dict[str, Any], prefix: str) -> int:

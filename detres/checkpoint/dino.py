@@ -26,11 +26,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from detres.checkpoint.deformable_layout import (DECODER_DUPLICATES, DEFAULT_NHEADS, check_duplicates,
-                                                 deform_points, drop_unavailable_loss_nodes, has_deformable_layout,
-                                                 load_recipe, map_backbone_or_input_proj, max_index,
-                                                 num_backbone_levels, read_ffn_dim, read_levels, remap_class_rows,
-                                                 resnet_depth, set_levels)
+from detres.checkpoint.deformable_layout import (DEFAULT_NHEADS, deform_points, drop_unavailable_loss_nodes,
+                                                 has_deformable_layout, load_recipe,
+                                                 map_backbone_or_input_proj, max_index, num_backbone_levels,
+                                                 read_ffn_dim, read_levels, remap_class_rows, resnet_depth,
+                                                 set_levels, unique_entries)
 from detres.checkpoint.loader import Converter, register_converter
 
 __all__ = ["is_official_dino", "convert_official_dino", "read_dino_architecture", "dino_config", "DINO_CONVERTER"]
@@ -49,14 +49,8 @@ def convert_official_dino(sd: dict[str, torch.Tensor], model: nn.Module) -> dict
     """Map an official DINO state dict to ``model``'s (a detres ``DINO``) names; see the module doc."""
     own = model.state_dict()
     n_backbone = num_backbone_levels(own)
-    check_duplicates(sd)
     out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key.startswith(DECODER_DUPLICATES):
-            main = key[len("transformer.decoder."):]
-            if main in sd:
-                continue
-            key = main  # only the decoder's copy is present: load it as the head's
+    for key, value in unique_entries(sd):
         new = map_backbone_or_input_proj(key, n_backbone)
         if new is None:
             new = "head.denoising." + key if key.startswith("label_enc.") else "head." + key
