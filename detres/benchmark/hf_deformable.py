@@ -108,9 +108,18 @@ def build_hf_deformable(model: nn.Module) -> nn.Module:
     config = transformers.DeformableDetrConfig(**hf_config_kwargs(model))
     hf = transformers.DeformableDetrForObjectDetection(config).eval()
     sd = to_hf_state_dict(model.state_dict(), num_backbone_levels=len(model.neck.in_features))
+    return load_converted(hf, sd, "Deformable DETR")
+
+
+def load_converted(hf: nn.Module, sd: dict[str, Tensor], name: str, own_buffers: tuple[str, ...] = ()) -> nn.Module:
+    """Load the renamed detres weights ``sd`` into the transformers model ``hf``, strictly: every HF
+    tensor must come from ``sd`` but ``num_batches_tracked`` and keys ending in ``own_buffers``
+    (HF's constant buffers); raises naming the first keys that do not fit."""
     missing, unexpected = hf.load_state_dict(sd, strict=False)
+    if own_buffers:
+        missing = [k for k in missing if not k.endswith(("num_batches_tracked", *own_buffers))]
     if missing or unexpected:
-        raise ValueError(f"detres -> transformers Deformable DETR weights do not fit: missing {missing[:5]}, "
+        raise ValueError(f"detres -> transformers {name} weights do not fit: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return hf
 

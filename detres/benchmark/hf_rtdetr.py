@@ -175,12 +175,7 @@ def build_hf_rtdetr(model: nn.Module) -> nn.Module:
     config = transformers.RTDetrV2Config(**hf_rtdetr_config_kwargs(model))
     hf = transformers.RTDetrV2ForObjectDetection(config).eval()
     sd = to_hf_rtdetr_state_dict(model.state_dict())
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith(("num_batches_tracked", "n_points_scale"))]
-    if missing or unexpected:
-        raise ValueError(f"detres -> transformers RT-DETRv2 weights do not fit: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    return hf
+    return hf_deformable.load_converted(hf, sd, "RT-DETRv2", own_buffers=("n_points_scale",))
 
 
 def build_hf_rtdetr_processor(input_cfg: Any) -> Any:
