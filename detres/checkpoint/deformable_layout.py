@@ -8,14 +8,14 @@ the generic readers: ``max_index``, ``deform_points``, ``load_recipe``, ``drop_u
 - ``transformer.level_embed`` [levels, d_model], MSDeformAttn layers whose sampling offsets have
   heads x levels x points x 2 rows,
 - class heads of 91 sigmoid logits indexed by COCO category id (no no-object column),
-- ``transformer.decoder.{class,bbox}_embed.*``: the head's modules listed a second time.
+- ``transformer.decoder.{class,bbox}_embed.*``: the head's modules listed a second time (``unique_entries``
+  folds them).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
