@@ -1,4 +1,4 @@
-"""Runtime convolutions: BN folding, 1x1 convs on oneDNN / one GEMM, 3x3 convs on NNPACK's Winograd.
+"""Runtime convolutions: BN folding, 1x1 convs on oneDNN / one GEMM, 3x3 convs by Winograd (GEMMs or NNPACK).
 
 Each class is an ``nn.Conv2d`` subclass built from an existing conv by ``from_conv`` (sharing its
 weight and bias Parameters); only ``forward`` differs. They are inference modules: folded norms are
@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from detres.runtime.winograd import f43_conv2d, f43_filter
 
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.aten, "mkldnn_convolution")
 
@@ -108,21 +110,35 @@ def nnpack_ready() -> bool:
 
 
 class WinogradConv2d(nn.Conv2d):
-    """A 3x3, stride-1 ``nn.Conv2d`` computed by NNPACK's Winograd F(6x6, 3x3) kernels on CPU.
+    """A 3x3, stride-1 ``nn.Conv2d`` computed by a Winograd algorithm on CPU where it pays.
 
-    Winograd's minimal filtering (Lavin & Gray 2016) does a 3x3 convolution with 64 instead of 324
-    multiplications per 6x6 output tile; on this project's CPU that is 2-3x faster than oneDNN's
-    direct convolution for 128-512 channels, at a relative error of about 1e-5 (float32 rounding of
-    the transforms) instead of about 1e-6. NNPACK reads and writes NCHW: a channels-last input is
-    converted, and the output is converted back unless ``keep_nchw`` (set where every reader of the
-    output is as fast on NCHW: the FPN's output convs and the RPN head). Conversions cost more than
-    Winograd saves on a channels-last input with fewer than ``min_channels`` channels, and the
-    transforms more than they save on maps under ``min_pixels``: those, other devices and dtypes, and
-    autograd use the ordinary convolution.
+    Winograd's minimal filtering (Lavin & Gray 2016) trades multiplications for cheap linear transforms
+    of input tiles, filters and outputs, at a relative error of about 1e-5 (float32 rounding of the
+    transforms) instead of about 1e-6. Two implementations, picked per input by measured rules (on the
+    development CPU, docs/benchmarks.md):
+
+    - F(4x4, 3x3) as PyTorch GEMMs (``detres.runtime.winograd``; 36 instead of 144 multiplications per
+      4x4 tile) where both channel counts reach ``gemm_min_channels`` and the direct convolution would
+      cost at least ``gemm_min_flops``: 0.55-0.65x of oneDNN's direct convolution for 256-512 channels
+      on maps up to 80x80, and it runs on PyTorch's own threads. Its output is channels-last. The
+      transformed filters (4x the weight) are computed at first use and again whenever the weight
+      changes in place.
+    - NNPACK's F(6x6, 3x3) on larger maps (over ``gemm_max_pixels`` output pixels, where NNPACK is
+      present): 0.4-0.5x of the direct convolution there. NNPACK reads and writes NCHW: a channels-last
+      input is converted, and the output is converted back unless ``keep_nchw`` (set where every reader
+      of the output is as fast on NCHW: the FPN's output convs and the RPN head). Conversions cost more
+      than Winograd saves on a channels-last input with fewer than ``min_channels`` channels, and the
+      transforms more than they save on maps under ``min_pixels``.
+
+    Everything else (small maps or few channels, other devices and dtypes, autograd) uses the ordinary
+    convolution.
     """
 
     min_pixels = 512
     min_channels = 128
+    gemm_min_channels = 128
+    gemm_min_flops = 1e9
+    gemm_max_pixels = 8192
     keep_nchw = False
 
     @classmethod
@@ -133,13 +149,15 @@ class WinogradConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32 or not nnpack_ready()
-                or x.shape[-1] * x.shape[-2] < self.min_pixels
+        if (x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32
                 or torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
             return super().forward(x)
-        nchw = x.is_contiguous()
-        if not nchw and x.shape[1] < self.min_channels:
+        path = self.path(x)
+        if path == "gemm":
+            return f43_conv2d(x, self.f43_filter(), self.bias, self.padding)
+        if path == "direct":
             return super().forward(x)
+        nchw = x.is_contiguous()
         x = x if nchw else _channels_last_to_nchw(x)
         w, pad = self.weight.contiguous(), list(self.padding)
         # One image per call: NNPACK's batch-1 inference path; for B > 1 PyTorch calls its batched
@@ -147,6 +165,25 @@ class WinogradConv2d(nn.Conv2d):
         ys = [torch._nnpack_spatial_convolution(x[i:i + 1], w, self.bias, pad, [1, 1]) for i in range(x.shape[0])]
         y = ys[0] if len(ys) == 1 else torch.cat(ys)
         return y if nchw or self.keep_nchw else y.contiguous(memory_format=torch.channels_last)
+
+    def path(self, x: torch.Tensor) -> str:
+        """``"gemm"`` (F(4x4, 3x3) in PyTorch), ``"nnpack"`` or ``"direct"`` for a CPU float32 input ``x``."""
+        c, h, w = x.shape[1:]
+        pixels = (h + 2 * self.padding[0] - 2) * (w + 2 * self.padding[1] - 2)
+        nnpack = (nnpack_ready() and pixels >= self.min_pixels
+                  and (x.is_contiguous() or c >= self.min_channels))
+        if (min(c, self.out_channels) >= self.gemm_min_channels
+                and 18 * c * self.out_channels * pixels >= self.gemm_min_flops
+                and not (nnpack and pixels > self.gemm_max_pixels)):
+            return "gemm"
+        return "nnpack" if nnpack else "direct"
+
+    def f43_filter(self) -> torch.Tensor:
+        """The weight's F(4x4, 3x3) transform, cached until the weight changes."""
+        key = (self.weight.data_ptr(), self.weight._version)
+        if getattr(self, "_f43", None) is None or self._f43[0] != key:
+            self._f43 = (key, f43_filter(self.weight))
+        return self._f43[1]
 
 
 def is_winograd_candidate(m: nn.Module) -> bool:

@@ -8,7 +8,9 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detres.runtime import passes
+from detres.runtime import convs
 from detres.runtime.convs import PointwiseConv2d, WinogradConv2d, fold_conv_bn
+from detres.runtime.winograd import f43_conv2d, f43_filter
 from detres.runtime.heads import OneDNNLinear
 from tests.runtime.models import random_stats
 
@@ -103,6 +105,52 @@ def test_winograd_conv_falls_back_where_it_does_not_pay_or_cannot_run() -> None:
     x = torch.randn(1, 64, 40, 40, requires_grad=True)
     model(x).sum().backward()  # autograd: the ordinary convolution (NNPACK's op has no backward here)
     assert x.grad is not None and model[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("padding", [(1, 1), (0, 0), (2, 1)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_f43_conv2d_equals_conv2d(padding: tuple[int, int], channels_last: bool) -> None:
+    """Winograd F(4x4, 3x3) as GEMMs: any padding, sizes that are not whole tiles, several images and
+    bands of tiles; within float32 Winograd rounding of a float64 reference, output channels-last."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 24, 17, 23), torch.randn(40, 24, 3, 3) / 15, torch.randn(40)
+    ref = nn.functional.conv2d(x.double(), w.double(), b.double(), padding=padding)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for tile_bytes in (1, 1 << 12, 6 << 20):  # one tile row per band, a few rows, the whole map
+        out = f43_conv2d(x, f43_filter(w), b, padding, tile_bytes=tile_bytes)
+        assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+        assert float((out - ref).abs().max() / ref.abs().max()) < 2e-5
+    no_bias = f43_conv2d(x, f43_filter(w), None, padding)
+    assert float((no_bias + b[:, None, None] - ref).abs().max() / ref.abs().max()) < 2e-5
+
+
+def test_winograd_conv_takes_the_gemm_path_on_mid_size_maps_with_many_channels(monkeypatch) -> None:
+    """128+ channels and >= 1 GFLOP of direct convolution: F(4x4, 3x3) GEMMs, with or without NNPACK;
+    the transformed filters follow in-place weight changes; small maps keep the direct convolution."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    x, small = torch.randn(1, 128, 64, 64), torch.randn(1, 128, 16, 16)
+    with torch.no_grad():
+        ref, ref_small = conv(x), conv(small)
+    fast = WinogradConv2d.from_conv(conv)
+    assert fast.path(x) == "gemm" and fast.path(small) == "direct"
+    monkeypatch.setattr(convs, "_NNPACK", [False])
+    assert fast.path(x) == "gemm"
+    with torch.no_grad():
+        out = fast(x)
+        assert out.is_contiguous(memory_format=torch.channels_last) and not torch.equal(out, ref)
+        assert float((out - ref).abs().max() / ref.abs().max()) < 2e-5
+        assert torch.equal(fast(small), ref_small)
+        fast.weight.mul_(2)
+        doubled = 2 * ref - conv.bias[:, None, None]
+        assert float((fast(x) - doubled).abs().max() / doubled.abs().max()) < 2e-5
+
+
+@NNPACK
+def test_winograd_conv_leaves_large_maps_to_nnpack() -> None:
+    fast = WinogradConv2d.from_conv(nn.Conv2d(128, 128, 3, padding=1))
+    assert fast.path(torch.randn(1, 128, 100, 100)) == "nnpack"
 
 
 def test_onednn_linear_equals_linear() -> None:

@@ -144,11 +144,13 @@ class RTDETRTransformer(nn.Module):
             anchors = anchors.masked_fill(pad[..., None], float("inf"))
         enc = self.enc_output(valid.to(memory.dtype) * memory)
         logits = self.enc_score_head(enc)
-        coords = self.enc_bbox_head(enc) + anchors
         if select_indices is None:
             select_indices = top_tokens(logits.max(-1).values, self.num_queries)
         gather = lambda x: torch.gather(x, 1, select_indices[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
-        top_coords, top_logits, content = gather(coords), gather(logits), gather(enc).detach()
+        top_logits, content = gather(logits), gather(enc)
+        # the box head is per token: run on the selected tokens only (the same values, Q instead of all tokens)
+        top_coords = self.enc_bbox_head(content) + gather(anchors.expand(len(enc), -1, -1))
+        content = content.detach()
         ref_unact = top_coords.detach()
         if dn_content is not None:
             content = torch.cat([dn_content, content], 1)
