@@ -73,7 +73,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="the channels_last, pointwise and onednn_linear passes (default on; NHWC weights "
                              "with oneDNN kernels on CPU)")
     parser.add_argument("--winograd", action=argparse.BooleanOptionalAction, default=True,
-                        help="the winograd pass: 3x3 stride-1 convs through NNPACK's Winograd kernels on CPU "
+                        help="the winograd pass: 3x3 stride-1 convs by Winograd on CPU (F(4x4,3x3) GEMMs, NNPACK on "
+                             "large maps) "
                              "(default on; about 1e-5 relative error per conv instead of 1e-6)")
     parser.add_argument("--jit-freeze", action="store_true",
                         help="the jit_freeze pass: trace+freeze backbone and neck per input shape (oneDNN "

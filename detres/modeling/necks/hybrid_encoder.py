@@ -189,11 +189,15 @@ class HybridEncoder(nn.Module):
         return dict(self._shapes)
 
     def encode(self, x: Tensor, k: int) -> Tensor:
-        """AIFI ``encoder[k]`` over the tokens of one projected map [B, C, H, W] -> [B, C, H, W]."""
+        """AIFI ``encoder[k]`` over the tokens of one projected map [B, C, H, W] -> [B, C, H, W], in the
+        input's memory format (a channels-last map gets its token rows back as a view, no copy)."""
         b, c, h, w = x.shape
         src = x.flatten(2).permute(0, 2, 1)
         pos = sincos_pos_embed_2d(h, w, c, self.pe_temperature, device=x.device).to(x.dtype)
-        return self.encoder[k](src, pos).permute(0, 2, 1).reshape(b, c, h, w).contiguous()
+        out = self.encoder[k](src, pos)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return out.permute(0, 2, 1).reshape(b, c, h, w).contiguous()
 
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Backbone features {name: [B, C_i, H_i, W_i]} -> {"p3".., [B, hidden_dim, H_i, W_i]}."""
