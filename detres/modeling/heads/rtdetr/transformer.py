@@ -149,7 +149,7 @@ class RTDETRTransformer(nn.Module):
         gather = lambda x: torch.gather(x, 1, select_indices[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
         top_logits, content = gather(logits), gather(enc)
         # the box head is per token: run on the selected tokens only (the same values, Q instead of all tokens)
-        top_coords = self.enc_bbox_head(content) + gather(anchors.expand(len(enc), -1, -1))
+        top_coords = self.enc_bbox_head(content) + gather(anchors.expand(enc.shape[0], -1, -1))
         content = content.detach()
         ref_unact = top_coords.detach()
         if dn_content is not None:
