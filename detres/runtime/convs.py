@@ -179,8 +179,10 @@ class WinogradConv2d(nn.Conv2d):
         return "nnpack" if nnpack else "direct"
 
     def f43_filter(self) -> torch.Tensor:
-        """The weight's F(4x4, 3x3) transform, cached until the weight changes."""
-        key = (self.weight.data_ptr(), self.weight._version)
+        """The weight's F(4x4, 3x3) transform, cached until the weight changes (in place, or replaced).
+        A weight made under ``torch.inference_mode`` keeps no version counter: only a new tensor counts."""
+        version = None if self.weight.is_inference() else self.weight._version
+        key = (self.weight.data_ptr(), version)
         if getattr(self, "_f43", None) is None or self._f43[0] != key:
             self._f43 = (key, f43_filter(self.weight))
         return self._f43[1]

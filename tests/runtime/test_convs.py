@@ -147,6 +147,15 @@ def test_winograd_conv_takes_the_gemm_path_on_mid_size_maps_with_many_channels(m
         assert float((fast(x) - doubled).abs().max() / doubled.abs().max()) < 2e-5
 
 
+def test_winograd_conv_built_under_inference_mode() -> None:
+    """Inference-mode weights have no version counter: the filter cache keys on the tensor alone."""
+    with torch.inference_mode():
+        conv = nn.Conv2d(128, 128, 3, padding=1)
+        fast, x = WinogradConv2d.from_conv(conv), torch.randn(1, 128, 64, 64)
+        ref, out = conv(x), fast(x)
+    assert fast.path(x) == "gemm" and float((out - ref).abs().max() / ref.abs().max()) < 2e-5
+
+
 @NNPACK
 def test_winograd_conv_leaves_large_maps_to_nnpack() -> None:
     fast = WinogradConv2d.from_conv(nn.Conv2d(128, 128, 3, padding=1))
