@@ -10,7 +10,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detres.runtime import passes
 from detres.runtime import convs
 from detres.runtime.convs import PointwiseConv2d, WinogradConv2d, fold_conv_bn
-from detres.runtime.winograd import f43_conv2d, f43_filter
 from detres.runtime.heads import OneDNNLinear
 from tests.runtime.models import random_stats
 
@@ -105,24 +104,6 @@ def test_winograd_conv_falls_back_where_it_does_not_pay_or_cannot_run() -> None:
     x = torch.randn(1, 64, 40, 40, requires_grad=True)
     model(x).sum().backward()  # autograd: the ordinary convolution (NNPACK's op has no backward here)
     assert x.grad is not None and model[0].weight.grad is not None
-
-
-@pytest.mark.parametrize("padding", [(1, 1), (0, 0), (2, 1)])
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_f43_conv2d_equals_conv2d(padding: tuple[int, int], channels_last: bool) -> None:
-    """Winograd F(4x4, 3x3) as GEMMs: any padding, sizes that are not whole tiles, several images and
-    bands of tiles; within float32 Winograd rounding of a float64 reference, output channels-last."""
-    torch.manual_seed(0)
-    x, w, b = torch.randn(2, 24, 17, 23), torch.randn(40, 24, 3, 3) / 15, torch.randn(40)
-    ref = nn.functional.conv2d(x.double(), w.double(), b.double(), padding=padding)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    for tile_bytes in (1, 1 << 12, 6 << 20):  # one tile row per band, a few rows, the whole map
-        out = f43_conv2d(x, f43_filter(w), b, padding, tile_bytes=tile_bytes)
-        assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
-        assert float((out - ref).abs().max() / ref.abs().max()) < 2e-5
-    no_bias = f43_conv2d(x, f43_filter(w), None, padding)
-    assert float((no_bias + b[:, None, None] - ref).abs().max() / ref.abs().max()) < 2e-5
 
 
 def test_winograd_conv_takes_the_gemm_path_on_mid_size_maps_with_many_channels(monkeypatch) -> None:
