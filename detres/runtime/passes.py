@@ -88,6 +88,8 @@ def fold_bn(model: nn.Module) -> int:
                 continue
             partner = _conv_partner(name, children, order)
             conv = children.get(partner) if partner else None
+            if isinstance(conv, nn.Sequential) and len(conv) and isinstance(conv[-1], nn.Conv2d):
+                conv = conv[-1]  # ResNet-vd's deep stem: conv1 = Sequential(conv, bn, relu, ..., conv), then bn1
             if not isinstance(conv, nn.Conv2d) or conv.out_channels != child.running_mean.numel():
                 continue
             fold_conv_bn(conv, child)

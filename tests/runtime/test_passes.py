@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from detres.modeling.backbones.resnet import ResNet
 from detres.modeling.heads.roi_heads import ConvFCHead, MultiScaleRoIAlign
 from detres.runtime import BACKENDS, PASSES, optimize
 from detres.runtime.convs import PointwiseConv2d, WinogradConv2d
@@ -17,7 +18,8 @@ from detres.modeling.heads.roi_heads.pooler import GatherRoIAlign
 from detres.runtime.heads import HWCFlattenBoxHead, OneDNNLinear
 from detres.modeling.layers.ms_deform_attn import MSDeformAttn
 from detres.runtime.deform_attn import GatherMSDeformAttn
-from tests.runtime.models import TinyDeformModel, assert_detections_match, images, max_rel_diff, tiny_detr, tiny_frcnn
+from tests.runtime.models import (TinyDeformModel, assert_detections_match, images, max_rel_diff, random_stats, tiny_detr,
+                                  tiny_frcnn)
 
 NNPACK = torch._nnpack_available()
 ONEDNN = torch.backends.mkldnn.is_available()
@@ -60,6 +62,21 @@ def test_fold_bn_removes_every_frozen_norm_of_resnet18(frcnn_ref) -> None:
     model = optimize(copy.deepcopy(frcnn_ref[0]), passes=["fold_bn"])
     assert model.runtime_passes["fold_bn"] == 20  # stem + 2 per block x 8 + 3 downsample norms
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+
+
+def test_fold_bn_folds_the_resnet_vd_deep_stem() -> None:
+    """ResNet-vd's stem is conv1 = Sequential(conv, bn, relu, conv, bn, relu, conv) then bn1: bn1 folds
+    into the Sequential's last conv, so no norm is left; features within relative 1e-5."""
+    model = ResNet(depth=18, variant="d", out_features=["res4", "res5"]).eval()
+    random_stats(model)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+    optimize(model, passes=["fold_bn"])
+    assert model.runtime_passes["fold_bn"] == 22  # 3 stem (two in conv1, bn1) + 2 per block x 8 + 3 downsample
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        assert max_rel_diff(model(x), ref) < 1e-5
 
 
 def test_channels_last_box_head_is_the_reference_head_with_permuted_columns(frcnn_ref) -> None:
