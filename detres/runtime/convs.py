@@ -155,8 +155,11 @@ class WinogradConv2d(nn.Conv2d):
         path = self.path(x)
         if path == "gemm":
             return f43_conv2d(x, self.f43_filter(), self.bias, self.padding)
-        if path == "direct":
-            return super().forward(x)
+        if path == "nnpack":
+            return self._nnpack(x)
+        return super().forward(x)
+
+    def _nnpack(self, x: torch.Tensor) -> torch.Tensor:
         nchw = x.is_contiguous()
         x = x if nchw else _channels_last_to_nchw(x)
         w, pad = self.weight.contiguous(), list(self.padding)

@@ -21,14 +21,13 @@ from detres.runtime.deform_attn import GatherMSDeformAttn
 from tests.runtime.models import (TinyDeformModel, assert_detections_match, images, max_rel_diff, random_stats, tiny_detr,
                                   tiny_frcnn)
 
-NNPACK = torch._nnpack_available()
 ONEDNN = torch.backends.mkldnn.is_available()
 # Big enough that Winograd's size rules (>= 512 pixels, >= 128 channels when NHWC) let it run.
 SIZES = ((256, 320), (224, 288))
 # Module type each pass puts in the model, and whether it can be absent on this build.
 MADE = {
     "fold_bn": (nn.Identity, True), "channels_last": (HWCFlattenBoxHead, True), "pointwise": (PointwiseConv2d, True),
-    "onednn_linear": (OneDNNLinear, ONEDNN), "winograd": (WinogradConv2d, NNPACK),
+    "onednn_linear": (OneDNNLinear, ONEDNN), "winograd": (WinogradConv2d, True),  # GEMM form without NNPACK
     "roi_align_rows": (GatherRoIAlign, True),
 }
 
@@ -119,7 +118,7 @@ def test_detr_passes_keep_raw_outputs(names: list[str]) -> None:
         raw = model.forward_raw(batch)
         ref = {k: raw[k] for k in ("pred_logits", "pred_boxes")}
     optimize(model, passes=names)
-    expect = {"fold_bn": True, "channels_last": True, "pointwise": True, "onednn_linear": ONEDNN, "winograd": NNPACK}
+    expect = {"fold_bn": True, "channels_last": True, "pointwise": True, "onednn_linear": ONEDNN, "winograd": True}
     for n in names:
         assert (model.runtime_passes[n] > 0) == expect[n], n
     with torch.inference_mode():
